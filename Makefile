@@ -1,0 +1,62 @@
+# Every command a person runs. `make demo` and `make test` work from a fresh clone.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+PORT ?= 8000
+export HF_HUB_OFFLINE := 1
+
+.PHONY: demo test install install-dev services-check migrate lint format bench clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: requirements.txt constraints.txt | $(VENV)/bin/python
+	$(PIP) install --quiet -c constraints.txt -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: requirements-dev.txt requirements.txt constraints.txt | $(VENV)/bin/python
+	$(PIP) install --quiet -c constraints.txt -r requirements-dev.txt
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+services-check: install
+	$(PY) -m feedback_app.preflight --create-db
+
+migrate: services-check
+	$(PY) manage.py migrate --noinput
+
+demo: migrate
+	$(PY) manage.py collectstatic --noinput --verbosity 0
+	$(PY) manage.py seed_demo
+	@echo
+	@echo "  Open http://127.0.0.1:$(PORT)/  (API docs: http://127.0.0.1:$(PORT)/api/docs/)"
+	@echo "  Stop with Ctrl-C."
+	@echo
+	PORT=$(PORT) $(VENV)/bin/honcho start -f Procfile
+
+# Browser tests drive Debian's Chromium; install it when it is missing (needs root).
+/usr/bin/chromium:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+
+test: install-dev /usr/bin/chromium
+	$(PY) -m feedback_app.preflight
+	$(PY) manage.py collectstatic --noinput --verbosity 0
+	$(PY) -m pytest
+
+lint: install-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: install-dev
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: install-dev
+	$(PY) bench/annotate_loop.py
+
+clean:
+	rm -rf $(VENV) staticfiles

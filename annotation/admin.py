@@ -1,0 +1,73 @@
+from django.contrib import admin
+
+from .models import Assignment, Campaign, Criterion, Item, Judgment, Membership, Pair, Prompt, Skip
+
+
+class CriterionInline(admin.TabularInline):
+    model = Criterion
+    extra = 0
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    raw_id_fields = ["user"]
+
+
+@admin.register(Campaign)
+class CampaignAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "kind", "status", "judgments_per_pair", "created_at"]
+    list_filter = ["kind", "status"]
+    prepopulated_fields = {"slug": ["name"]}
+    inlines = [CriterionInline, MembershipInline]
+
+
+@admin.register(Prompt)
+class PromptAdmin(admin.ModelAdmin):
+    list_display = ["id", "campaign", "external_id", "created_at"]
+    list_filter = ["campaign"]
+
+
+@admin.register(Item)
+class ItemAdmin(admin.ModelAdmin):
+    list_display = ["id", "campaign", "external_id", "source", "created_at"]
+    list_filter = ["campaign"]
+    raw_id_fields = ["prompt"]
+
+
+@admin.register(Pair)
+class PairAdmin(admin.ModelAdmin):
+    list_display = ["id", "campaign", "item_a", "item_b", "judgment_count"]
+    list_filter = ["campaign"]
+    raw_id_fields = ["item_a", "item_b"]
+    readonly_fields = ["judgment_count"]
+
+
+@admin.register(Assignment)
+class AssignmentAdmin(admin.ModelAdmin):
+    list_display = ["id", "pair", "annotator", "status", "leased_at", "expires_at"]
+    list_filter = ["status", "campaign"]
+    raw_id_fields = ["pair", "annotator"]
+
+
+@admin.register(Judgment)
+class JudgmentAdmin(admin.ModelAdmin):
+    """Judgments are evidence: read-only here, never deleted."""
+
+    list_display = ["id", "campaign", "pair", "annotator", "choices", "status", "created_at"]
+    list_filter = ["campaign", "status"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Skip)
+class SkipAdmin(admin.ModelAdmin):
+    list_display = ["id", "campaign", "pair", "annotator", "reason", "created_at"]
+    list_filter = ["campaign"]

@@ -1,0 +1,274 @@
+"""REST API v1: parse, call one service or selector, serialize. Business rules live in
+services.py, so scripts and simulated crowds annotate under exactly the page's rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import permissions, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from labeling import selectors as labeling_selectors
+
+from . import selectors, services
+from .errors import NotFound, ServiceError
+from .models import Campaign
+from .serializers import (
+    CampaignSerializer,
+    JudgmentInSerializer,
+    MembersInSerializer,
+    SkipInSerializer,
+    assignment_payload,
+)
+
+
+def _campaign(request: Request, slug: str) -> Campaign:
+    campaign = selectors.campaign_for(user=request.user, slug=slug)
+    if campaign is None:
+        raise NotFound(f"No campaign '{slug}' that you can see.", field="slug")
+    return campaign
+
+
+class CampaignListView(APIView):
+    def get_permissions(self):
+        if self.request.method == "POST":
+            return [permissions.IsAdminUser()]
+        return [permissions.IsAuthenticated()]
+
+    @extend_schema(responses=CampaignSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        campaigns = selectors.campaign_list_for(user=request.user).prefetch_related("criteria")
+        return Response(CampaignSerializer(campaigns, many=True).data)
+
+    @extend_schema(request=CampaignSerializer, responses={201: CampaignSerializer})
+    def post(self, request: Request) -> Response:
+        serializer = CampaignSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        campaign = services.campaign_create(criteria=data.pop("criteria", None), **data)
+        return Response(CampaignSerializer(campaign).data, status=status.HTTP_201_CREATED)
+
+
+class CampaignMembersView(APIView):
+    permission_classes = [permissions.IsAdminUser]
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    def get(self, request: Request, slug: str) -> Response:
+        campaign = _campaign(request, slug)
+        members = campaign.members.order_by("username").values("id", "username")
+        return Response({"members": list(members)})
+
+    @extend_schema(request=MembersInSerializer, responses={200: OpenApiTypes.OBJECT})
+    def post(self, request: Request, slug: str) -> Response:
+        campaign = _campaign(request, slug)
+        serializer = MembersInSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        for user in serializer.validated_data["usernames"]:
+            services.membership_add(campaign=campaign, user=user)
+        return self.get(request, slug)
+
+
+class NextPairView(APIView):
+    @extend_schema(
+        request=None,
+        responses={200: OpenApiTypes.OBJECT, 204: None},
+        description="Lease the next pair (or return the lease you already hold). 204 when "
+        "nothing is left for you in this campaign.",
+    )
+    def post(self, request: Request, slug: str) -> Response:
+        campaign = _campaign(request, slug)
+        assignment = services.assignment_lease_next(annotator=request.user, campaign=campaign)
+        if assignment is None:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        assignment = selectors.assignment_detail(assignment_id=assignment.pk)
+        return Response(assignment_payload(assignment))
+
+
+class JudgmentSubmitView(APIView):
+    @extend_schema(request=JudgmentInSerializer, responses={201: OpenApiTypes.OBJECT})
+    def post(self, request: Request, assignment_id: int) -> Response:
+        serializer = JudgmentInSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        judgment = services.judgment_submit(
+            annotator=request.user,
+            assignment_id=assignment_id,
+            choices=serializer.validated_data["choices"],
+            duration_ms=serializer.validated_data.get("duration_ms"),
+        )
+        return Response(
+            {"judgment": judgment.pk, "pair": judgment.pair_id, "choices": judgment.choices},
+            status=status.HTTP_201_CREATED,
+        )
+
+
+class SkipView(APIView):
+    @extend_schema(request=SkipInSerializer, responses={201: OpenApiTypes.OBJECT})
+    def post(self, request: Request, assignment_id: int) -> Response:
+        serializer = SkipInSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        skip = services.skip_create(
+            annotator=request.user,
+            assignment_id=assignment_id,
+            reason=serializer.validated_data["reason"],
+        )
+        return Response({"skip": skip.pk, "pair": skip.pair_id}, status=status.HTTP_201_CREATED)
+
+
+class RenewView(APIView):
+    @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT})
+    def post(self, request: Request, assignment_id: int) -> Response:
+        assignment = services.assignment_renew(annotator=request.user, assignment_id=assignment_id)
+        return Response({"assignment": assignment.pk, "expires_at": assignment.expires_at})
+
+
+class BulkCreateView(APIView):
+    """POST a JSON list of rows (or {"rows": [...]}) to create them all or none."""
+
+    permission_classes = [permissions.IsAdminUser]
+    service: Any = None
+    kind = ""
+
+    @extend_schema(request=OpenApiTypes.OBJECT, responses={201: OpenApiTypes.OBJECT})
+    def post(self, request: Request, slug: str) -> Response:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+        if length > settings.IMPORT_MAX_BYTES:
+            return Response(
+                {
+                    "error": "too_large",
+                    "detail": f"The body is {length} bytes; the limit is "
+                    f"{settings.IMPORT_MAX_BYTES} bytes per request. Split it into batches.",
+                    "field": "body",
+                },
+                status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            )
+        campaign = _campaign(request, slug)
+        rows = request.data.get("rows") if isinstance(request.data, dict) else request.data
+        created = type(self).service(campaign=campaign, rows=rows)
+        ids = [obj.pk for obj in created]
+        return Response({"created": len(ids), "ids": ids}, status=status.HTTP_201_CREATED)
+
+
+class PromptBulkView(BulkCreateView):
+    service = services.prompts_bulk_create
+
+
+class ItemBulkView(BulkCreateView):
+    service = services.items_bulk_create
+
+
+class PairBulkView(BulkCreateView):
+    service = services.pairs_bulk_create
+
+
+class ScoresView(APIView):
+    permission_classes = [permissions.IsAdminUser]
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    def get(self, request: Request, slug: str) -> Response:
+        campaign = _campaign(request, slug)
+        state = labeling_selectors.aggregation_state(campaign=campaign)
+        return Response(
+            {
+                "updated_at": state.last_finished_at if state else None,
+                "judgments_used": state.judgments_used if state else 0,
+                "scores": [
+                    {
+                        "item": r["item_id"],
+                        "external_id": r["item__external_id"],
+                        "criterion": r["criterion__slug"],
+                        "score": r["score"],
+                        "comparisons": r["comparisons"],
+                    }
+                    for r in labeling_selectors.item_scores(campaign=campaign)
+                ],
+            }
+        )
+
+
+class LabelsView(APIView):
+    permission_classes = [permissions.IsAdminUser]
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    def get(self, request: Request, slug: str) -> Response:
+        campaign = _campaign(request, slug)
+        return Response(
+            {
+                "labels": [
+                    {
+                        "pair": r["pair_id"],
+                        "item_a": r["pair__item_a_id"],
+                        "item_b": r["pair__item_b_id"],
+                        "criterion": r["criterion__slug"],
+                        "prefer_a": r["prefer_a"],
+                        "count": r["count"],
+                    }
+                    for r in labeling_selectors.pair_labels(campaign=campaign)
+                ]
+            }
+        )
+
+
+def _int_param(request: Request, name: str, default: int, *, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ServiceError(f"{name} must be an integer, not {raw!r}.", field=name) from None
+    if not low <= value <= high:
+        raise ServiceError(f"{name} must be between {low} and {high}.", field=name)
+    return value
+
+
+class JudgmentListView(APIView):
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("after", int, description="Return judgments with id > after."),
+            OpenApiParameter("limit", int, description="At most this many (1-1000, default 100)."),
+        ],
+        responses={200: OpenApiTypes.OBJECT},
+        description="Incremental pull: pass the returned `next_after` as `after` next time. "
+        "Annotators see only their own judgments.",
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        campaign = _campaign(request, slug)
+        after = _int_param(request, "after", 0, low=0, high=2**63 - 1)
+        limit = _int_param(request, "limit", 100, low=1, high=1000)
+        rows = selectors.judgments_page(campaign=campaign, viewer=request.user, after=after, limit=limit)
+        return Response({"results": rows, "next_after": rows[-1]["id"] if rows else after})
+
+
+class ExportView(APIView):
+    """Streams JSON Lines. `X-Row-Count` gives the number of lines the body will hold; a
+    body with fewer lines was cut off in transit."""
+
+    permission_classes = [permissions.IsAdminUser]
+    what = "judgments"
+
+    @extend_schema(responses={(200, "application/jsonl"): OpenApiTypes.STR})
+    def get(self, request: Request, slug: str) -> StreamingHttpResponse:
+        from .models import Judgment, Skip
+
+        campaign = _campaign(request, slug)
+        if self.what == "judgments":
+            count, top = selectors.export_row_count(campaign=campaign, model=Judgment)
+            lines = selectors.judgment_export_lines(campaign=campaign, up_to_id=top)
+        else:
+            count, top = selectors.export_row_count(campaign=campaign, model=Skip)
+            lines = selectors.skip_export_lines(campaign=campaign, up_to_id=top)
+        response = StreamingHttpResponse(lines, content_type="application/jsonl; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="{campaign.slug}-{self.what}.jsonl"'
+        response["X-Row-Count"] = str(count)
+        response["Cache-Control"] = "no-store"
+        return response
+
+
+class SkipExportView(ExportView):
+    what = "skips"

@@ -1,0 +1,47 @@
+"""One error shape for the whole API: {"error": code, "detail": message, "field": where}."""
+
+from typing import Any
+
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from .errors import ServiceError
+
+
+def _first_field(detail: Any, prefix: str = "") -> tuple[str, str]:
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if key == "non_field_errors":
+                path = prefix
+            return _first_field(value, path)
+    if isinstance(detail, list) and detail:
+        if isinstance(detail[0], (dict, list)):
+            for index, value in enumerate(detail):
+                if value:
+                    return _first_field(value, f"{prefix}[{index}]")
+        return prefix, str(detail[0])
+    return prefix, str(detail)
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, ServiceError):
+        return Response(exc.as_dict(), status=exc.status)
+    if isinstance(exc, exceptions.ParseError):
+        return Response(
+            {"error": "malformed_json", "detail": str(exc.detail), "field": "body"},
+            status=status.HTTP_400_BAD_REQUEST,
+        )
+    if isinstance(exc, exceptions.ValidationError):
+        field, message = _first_field(exc.detail)
+        body = {"error": "invalid", "detail": f"{field}: {message}" if field else message}
+        if field:
+            body["field"] = field
+        body["errors"] = exc.detail
+        return Response(body, status=status.HTTP_400_BAD_REQUEST)
+    response = drf_exception_handler(exc, context)
+    if response is not None and isinstance(response.data, dict) and "detail" in response.data:
+        code = getattr(exc, "default_code", "error")
+        response.data = {"error": code, "detail": str(response.data["detail"])}
+    return response

@@ -1,0 +1,89 @@
+"""Seed the demo: a text campaign from the shipped JSONL, a staff user and three annotators.
+
+Safe to re-run: existing users keep their rows (their demo passwords are set again), and the
+campaign's content is imported only once.
+"""
+
+import json
+from itertools import combinations
+from pathlib import Path
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+from django.db import transaction
+from rest_framework.authtoken.models import Token
+
+from annotation import services
+from annotation.models import Campaign
+
+DATA = Path(__file__).resolve().parents[2] / "demo" / "demo_text_campaign.jsonl"
+SLUG = "demo-text"
+STAFF = ("admin", "admin-demo-pass")
+ANNOTATORS = [(f"annotator{n}", f"annotate-demo-{n}") for n in (1, 2, 3)]
+INSTRUCTIONS = """Read the conversation, then the two responses. Pick the one that a careful,
+expert reader would prefer: **correct** first, then **helpful and complete**, then **clear**.
+Choose *About the same* when neither is better, and *Both bad* when neither is acceptable.
+Keys 1-4 choose; Skip if you cannot judge a pair."""
+
+
+class Command(BaseCommand):
+    help = "Create the demo campaign, a staff user and three annotators (idempotent)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--data", type=Path, default=DATA, help="JSONL of prompts with responses")
+
+    def handle(self, *args, data: Path, **options):
+        User = get_user_model()
+        with transaction.atomic():
+            users = []
+            for username, password in [STAFF, *ANNOTATORS]:
+                user, _ = User.objects.get_or_create(username=username)
+                user.is_staff = user.is_superuser = username == STAFF[0]
+                user.set_password(password)
+                user.save()
+                users.append(user)
+            campaign = Campaign.objects.filter(slug=SLUG).first()
+            if campaign is None:
+                campaign = self._create_campaign(data)
+            for user in users[1:]:
+                services.membership_add(campaign=campaign, user=user)
+        self.stdout.write(self.style.SUCCESS(f"Campaign '{campaign.name}' ({campaign.slug}): "
+                                             f"{campaign.pairs.count()} pairs, k={campaign.judgments_per_pair}"))
+        self.stdout.write("Log in with:")
+        for user, (username, password) in zip(users, [STAFF, *ANNOTATORS], strict=True):
+            token, _ = Token.objects.get_or_create(user=user)
+            role = "staff" if user.is_staff else "annotator"
+            self.stdout.write(f"  {role:9}  {username:11} password {password:18} API token {token.key}")
+
+    def _create_campaign(self, path: Path) -> Campaign:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        campaign = services.campaign_create(
+            name="Demo: which response is better?",
+            slug=SLUG,
+            kind=Campaign.Kind.TEXT,
+            instructions=INSTRUCTIONS,
+            judgments_per_pair=3,
+            status=Campaign.Status.ACTIVE,
+        )
+        services.prompts_bulk_create(
+            campaign=campaign,
+            rows=[{"external_id": r["id"], "messages": r["messages"]} for r in rows],
+        )
+        services.items_bulk_create(
+            campaign=campaign,
+            rows=[
+                {"external_id": resp["id"], "prompt": r["id"], "content": resp["content"],
+                 "source": resp.get("model", "")}
+                for r in rows
+                for resp in r["responses"]
+            ],
+        )
+        services.pairs_bulk_create(
+            campaign=campaign,
+            rows=[
+                {"item_a": x["id"], "item_b": y["id"]}
+                for r in rows
+                for x, y in combinations(r["responses"], 2)
+            ],
+        )
+        return campaign

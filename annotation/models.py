@@ -1,0 +1,316 @@
+"""Campaigns, what is compared in them, and what annotators say.
+
+Judged things are frozen: a pair or item with a judgment refuses edits and deletes, and a
+judgment is never deleted (it may be retracted or excluded by status). `PROTECT` foreign keys
+make the database refuse the cascade too.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models.functions import Now
+
+
+class FrozenError(Exception):
+    """Raised on an attempt to change or delete something that has been judged."""
+
+
+class Choice(models.TextChoices):
+    A = "a", "item A"
+    B = "b", "item B"
+    TIE = "tie", "tie"
+    BOTH_BAD = "both_bad", "both bad"
+
+
+class Campaign(models.Model):
+    class Kind(models.TextChoices):
+        TEXT = "text", "text responses"
+        TRAJECTORY = "trajectory", "trajectory segments"
+
+    class Status(models.TextChoices):
+        DRAFT = "draft"
+        ACTIVE = "active"
+        PAUSED = "paused"
+        CLOSED = "closed"
+
+    class BothBad(models.TextChoices):
+        TIE = "tie", "counts as a tie"
+        EXCLUDE = "exclude", "left out of aggregation"
+
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=100, unique=True)
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.TEXT)
+    instructions = models.TextField(blank=True, help_text="Markdown, shown above each pair.")
+    judgments_per_pair = models.PositiveSmallIntegerField(
+        default=3, validators=[MinValueValidator(1), MaxValueValidator(100)]
+    )
+    lease_seconds = models.PositiveIntegerField(
+        default=300, validators=[MinValueValidator(10), MaxValueValidator(86_400)]
+    )
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
+    both_bad_counts_as = models.CharField(
+        max_length=10, choices=BothBad.choices, default=BothBad.TIE
+    )
+    l2_prior = models.FloatField(
+        default=0.1, validators=[MinValueValidator(0.0)],
+        help_text="Strength of the Gaussian prior on Bradley-Terry scores.",
+    )
+    members = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, through="Membership", related_name="campaigns", blank=True
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(judgments_per_pair__gte=1), name="campaign_k_positive"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_open(self) -> bool:
+        return self.status == self.Status.ACTIVE
+
+
+class Criterion(models.Model):
+    """One question asked of each pair ("overall", "helpfulness", ...)."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="criteria")
+    slug = models.SlugField(max_length=50)
+    label = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    position = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["position", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "slug"], name="criterion_unique_slug"),
+        ]
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class Membership(models.Model):
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    joined_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "user"], name="membership_unique"),
+        ]
+
+
+class FrozenWhenJudged(models.Model):
+    """Refuses save() of an existing row and delete() once a judgment refers to it."""
+
+    class Meta:
+        abstract = True
+
+    def is_judged(self) -> bool:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None and not self._state.adding and self.is_judged():
+            raise FrozenError(f"{type(self).__name__} {self.pk} has judgments and is frozen")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        if self.is_judged():
+            raise FrozenError(f"{type(self).__name__} {self.pk} has judgments and is frozen")
+        return super().delete(*args, **kwargs)
+
+
+class Prompt(models.Model):
+    """A conversation to respond to: a list of {"role", "content"} messages."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="prompts")
+    external_id = models.CharField(max_length=200, blank=True)
+    messages = models.JSONField()
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["campaign", "external_id"],
+                condition=~models.Q(external_id=""),
+                name="prompt_unique_external_id",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.external_id or f"prompt {self.pk}"
+
+
+class Item(FrozenWhenJudged):
+    """One thing that is compared: a response to a prompt, or a trajectory segment."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="items")
+    external_id = models.CharField(max_length=200, blank=True)
+    # text kind
+    prompt = models.ForeignKey(
+        Prompt, on_delete=models.PROTECT, null=True, blank=True, related_name="items"
+    )
+    content = models.TextField(blank=True)
+    source = models.CharField(max_length=200, blank=True, help_text="Model or policy name.")
+    metadata = models.JSONField(default=dict, blank=True)
+    # trajectory kind
+    dataset = models.CharField(max_length=200, blank=True)
+    episode = models.CharField(max_length=200, blank=True)
+    start = models.PositiveIntegerField(null=True, blank=True)
+    length = models.PositiveIntegerField(null=True, blank=True)
+    clip = models.FileField(upload_to="clips/", blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["campaign", "external_id"],
+                condition=~models.Q(external_id=""),
+                name="item_unique_external_id",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.external_id or f"item {self.pk}"
+
+    def is_judged(self) -> bool:
+        return (
+            self.pk is not None
+            and Judgment.objects.filter(
+                models.Q(pair__item_a_id=self.pk) | models.Q(pair__item_b_id=self.pk)
+            ).exists()
+        )
+
+
+class Pair(FrozenWhenJudged):
+    """Two items of one campaign, stored with item_a.id < item_b.id.
+
+    `judgment_count` is maintained under the pair's row lock by the submit service; it
+    lets the lease query skip full pairs without counting judgments.
+    """
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="pairs")
+    item_a = models.ForeignKey(Item, on_delete=models.PROTECT, related_name="+")
+    item_b = models.ForeignKey(Item, on_delete=models.PROTECT, related_name="+")
+    judgment_count = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(item_a__lt=models.F("item_b")), name="pair_canonical_order"
+            ),
+            models.UniqueConstraint(fields=["item_a", "item_b"], name="pair_unique_items"),
+        ]
+        indexes = [models.Index(fields=["campaign", "judgment_count", "id"])]
+
+    def __str__(self) -> str:
+        return f"pair {self.pk} ({self.item_a_id} vs {self.item_b_id})"
+
+    def is_judged(self) -> bool:
+        return self.pk is not None and Judgment.objects.filter(pair_id=self.pk).exists()
+
+
+class Assignment(models.Model):
+    """A lease: the pair is held for one annotator until `expires_at`."""
+
+    class Status(models.TextChoices):
+        OPEN = "open"
+        DONE = "done"  # judged
+        SKIPPED = "skipped"
+
+    pair = models.ForeignKey(Pair, on_delete=models.CASCADE, related_name="assignments")
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments"
+    )
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="+")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    a_on_left = models.BooleanField(help_text="Shown order, drawn at random per lease.")
+    leased_at = models.DateTimeField(db_default=Now())
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["pair", "expires_at"],
+                condition=models.Q(status="open"),
+                name="assignment_open_by_pair",
+            ),
+            models.Index(
+                fields=["annotator", "campaign", "expires_at"],
+                condition=models.Q(status="open"),
+                name="assignment_open_by_annotator",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"lease {self.pk} of pair {self.pair_id} to user {self.annotator_id}"
+
+
+class JudgmentQuerySet(models.QuerySet):
+    def delete(self):
+        raise FrozenError("judgments are never deleted; retract or exclude them instead")
+
+
+class Judgment(models.Model):
+    """An annotator's verdict on a pair, one choice per criterion, in canonical orientation:
+    "a" always means `pair.item_a`, whichever side it was shown on."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        RETRACTED = "retracted"
+        EXCLUDED = "excluded"
+
+    pair = models.ForeignKey(Pair, on_delete=models.PROTECT, related_name="judgments")
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="judgments"
+    )
+    campaign = models.ForeignKey(Campaign, on_delete=models.PROTECT, related_name="judgments")
+    assignment = models.OneToOneField(
+        Assignment, on_delete=models.SET_NULL, null=True, blank=True, related_name="judgment"
+    )
+    choices = models.JSONField(help_text='{criterion slug: "a" | "b" | "tie" | "both_bad"}')
+    shown_left = models.ForeignKey(Item, on_delete=models.PROTECT, related_name="+")
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
+    # Database time at the start of the inserting transaction (see JUDGMENT_SETTLE_SECONDS).
+    created_at = models.DateTimeField(db_default=Now())
+
+    objects = JudgmentQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["pair", "annotator"], name="judgment_once_per_pair"),
+        ]
+        indexes = [models.Index(fields=["campaign", "id"])]
+
+    def __str__(self) -> str:
+        return f"judgment {self.pk} on pair {self.pair_id}"
+
+    def delete(self, *args, **kwargs):
+        raise FrozenError("judgments are never deleted; retract or exclude them instead")
+
+
+class Skip(models.Model):
+    pair = models.ForeignKey(Pair, on_delete=models.PROTECT, related_name="skips")
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="skips"
+    )
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="skips")
+    reason = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["pair", "annotator"], name="skip_once_per_pair"),
+        ]
+        indexes = [models.Index(fields=["campaign", "id"])]

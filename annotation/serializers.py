@@ -1,0 +1,89 @@
+from django.contrib.auth import get_user_model
+from rest_framework import serializers
+
+from .models import Assignment, Campaign, Item
+
+
+class CriterionInSerializer(serializers.Serializer):
+    slug = serializers.SlugField(max_length=50)
+    label = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    description = serializers.CharField(required=False, allow_blank=True)
+
+
+class CampaignSerializer(serializers.ModelSerializer):
+    criteria = CriterionInSerializer(many=True, required=False)
+
+    class Meta:
+        model = Campaign
+        fields = [
+            "id", "name", "slug", "kind", "instructions", "judgments_per_pair", "lease_seconds",
+            "status", "both_bad_counts_as", "l2_prior", "criteria", "created_at",
+        ]
+        read_only_fields = ["id", "created_at"]
+
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        data["criteria"] = [
+            {"slug": c.slug, "label": c.label, "description": c.description}
+            for c in instance.criteria.all()
+        ]
+        return data
+
+    def validate_criteria(self, value):
+        slugs = [c["slug"] for c in value]
+        if len(set(slugs)) != len(slugs):
+            raise serializers.ValidationError("criterion slugs must be unique")
+        return value
+
+
+class MembersInSerializer(serializers.Serializer):
+    usernames = serializers.ListField(child=serializers.CharField(), allow_empty=False, max_length=10_000)
+
+    def validate_usernames(self, value):
+        users = {u.username: u for u in get_user_model().objects.filter(username__in=value)}
+        missing = [name for name in value if name not in users]
+        if missing:
+            raise serializers.ValidationError(f"unknown user '{missing[0]}'")
+        return [users[name] for name in value]
+
+
+class JudgmentInSerializer(serializers.Serializer):
+    choices = serializers.JSONField(
+        help_text='{"criterion": "left" | "right" | "a" | "b" | "tie" | "both_bad"}, or one '
+        "choice string when the campaign has a single criterion."
+    )
+    duration_ms = serializers.IntegerField(required=False, allow_null=True, min_value=0)
+
+
+class SkipInSerializer(serializers.Serializer):
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=500, default="")
+
+
+def item_payload(item: Item) -> dict:
+    payload = {"id": item.pk, "external_id": item.external_id}
+    if item.prompt_id is not None or item.content:
+        payload["content"] = item.content
+    else:
+        payload.update(
+            dataset=item.dataset, episode=item.episode, start=item.start, length=item.length,
+            clip=item.clip.url if item.clip else None,
+        )
+    return payload
+
+
+def assignment_payload(assignment: Assignment) -> dict:
+    """What an annotator (person or script) sees of a lease: no model names or metadata,
+    which could bias the judgment."""
+    pair = assignment.pair
+    left, right = (pair.item_a, pair.item_b) if assignment.a_on_left else (pair.item_b, pair.item_a)
+    return {
+        "assignment": assignment.pk,
+        "pair": pair.pk,
+        "expires_at": assignment.expires_at,
+        "prompt": pair.item_a.prompt.messages if pair.item_a.prompt_id else None,
+        "left": item_payload(left),
+        "right": item_payload(right),
+        "item_a": pair.item_a_id,
+        "item_b": pair.item_b_id,
+        "criteria": [c.slug for c in assignment.campaign.criteria.all()],
+    }

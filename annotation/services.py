@@ -1,0 +1,538 @@
+"""Every write of the annotation app: leases, judgments, skips, campaigns and bulk imports.
+
+Slot invariant: for every pair, active judgments + live leases held by annotators who have
+not judged it <= campaign.judgments_per_pair (k). Every operation that takes a slot (a lease,
+a renewal of an expired lease, a submit on an expired lease) holds the pair's row lock while
+it recounts, so two of them can never both see the last free slot.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from datetime import timedelta
+from functools import partial
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.db.models import Count, Exists, F, IntegerField, OuterRef, Subquery, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from labeling.services import aggregation_request
+
+from .errors import (
+    AlreadyJudged,
+    CampaignNotActive,
+    Forbidden,
+    LeaseLost,
+    NotFound,
+    ServiceError,
+)
+from .models import Assignment, Campaign, Choice, Criterion, Judgment, Membership, Pair, Skip
+
+SIDE_CHOICES = ("left", "right")
+VALID_CHOICES = (*SIDE_CHOICES, *Choice.values)
+# How many locked candidates a lease request may find full before it gives up on this round;
+# only a race with a just-committed lease makes a candidate full, so a few tries suffice.
+LEASE_CANDIDATE_TRIES = 5
+
+
+def _is_member(*, user: AbstractBaseUser, campaign: Campaign) -> bool:
+    return Membership.objects.filter(campaign=campaign, user_id=user.pk).exists()
+
+
+def _require_member_of_active(*, user: AbstractBaseUser, campaign: Campaign) -> None:
+    if not _is_member(user=user, campaign=campaign):
+        raise Forbidden(f"You are not a member of campaign '{campaign.slug}'.")
+    if not campaign.is_open:
+        raise CampaignNotActive(
+            f"Campaign '{campaign.slug}' is {campaign.status}; it takes no judgments now."
+        )
+
+
+def _live_leases(*, pair_id: Any, now: Any, exclude_annotator_id: Any = None) -> int:
+    qs = Assignment.objects.filter(
+        pair_id=pair_id, status=Assignment.Status.OPEN, expires_at__gt=now
+    )
+    if exclude_annotator_id is not None:
+        qs = qs.exclude(annotator_id=exclude_annotator_id)
+    return qs.count()
+
+
+def _has_free_slot(*, pair: Pair, k: int, now: Any, annotator_id: Any) -> bool:
+    """Call while holding the pair's row lock, with `pair` read under that lock."""
+    others = _live_leases(pair_id=pair.pk, now=now, exclude_annotator_id=annotator_id)
+    return pair.judgment_count + others < k
+
+
+def assignment_lease_next(*, annotator: AbstractBaseUser, campaign: Campaign) -> Assignment | None:
+    """Lease the next pair for `annotator`, or return the live lease they already hold.
+
+    Returns None when nothing is left for them: every pair is full, judged or skipped by them.
+    """
+    _require_member_of_active(user=annotator, campaign=campaign)
+    now = timezone.now()
+    k = campaign.judgments_per_pair
+    with transaction.atomic():
+        held = (
+            Assignment.objects.filter(
+                annotator_id=annotator.pk,
+                campaign=campaign,
+                status=Assignment.Status.OPEN,
+                expires_at__gt=now,
+            )
+            .order_by("-id")
+            .first()
+        )
+        if held is not None:
+            return held
+
+        live = (
+            Assignment.objects.filter(
+                pair_id=OuterRef("pk"), status=Assignment.Status.OPEN, expires_at__gt=now
+            )
+            .order_by()
+            .values("pair_id")
+            .annotate(n=Count("id"))
+            .values("n")
+        )
+        candidates = (
+            Pair.objects.filter(campaign=campaign, judgment_count__lt=k)
+            .exclude(Exists(Judgment.objects.filter(pair_id=OuterRef("pk"), annotator_id=annotator.pk)))
+            .exclude(Exists(Skip.objects.filter(pair_id=OuterRef("pk"), annotator_id=annotator.pk)))
+            .annotate(leases=Coalesce(Subquery(live, output_field=IntegerField()), Value(0)))
+            .filter(judgment_count__lt=k - F("leases"))
+            .order_by("-judgment_count", "id")
+        )
+        tried: list[int] = []
+        for _ in range(LEASE_CANDIDATE_TRIES):
+            # SKIP LOCKED: concurrent annotators each lock a different pair instead of queueing.
+            pair = (
+                candidates.exclude(pk__in=tried)
+                .select_for_update(skip_locked=True, of=("self",))
+                .only("id", "judgment_count")
+                .first()
+            )
+            if pair is None:
+                return None
+            # The candidate query's snapshot may predate a lease committed just before we got
+            # the lock; recount in a fresh statement now that the lock is ours.
+            if _has_free_slot(pair=pair, k=k, now=now, annotator_id=annotator.pk):
+                return Assignment.objects.create(
+                    pair_id=pair.pk,
+                    annotator_id=annotator.pk,
+                    campaign=campaign,
+                    a_on_left=random.random() < 0.5,
+                    expires_at=now + timedelta(seconds=campaign.lease_seconds),
+                )
+            tried.append(pair.pk)
+    return None
+
+
+def _assignment_for(*, annotator: AbstractBaseUser, assignment_id: Any) -> Assignment:
+    try:
+        assignment = Assignment.objects.select_related("campaign").get(pk=assignment_id)
+    except (Assignment.DoesNotExist, ValueError, TypeError):
+        raise NotFound(f"No lease with id {assignment_id!r}.", field="assignment") from None
+    if assignment.annotator_id != annotator.pk:
+        raise Forbidden("This lease belongs to another annotator.", field="assignment")
+    return assignment
+
+
+def choices_canonical(
+    *, criteria: list[str], raw: Any, a_on_left: bool
+) -> dict[str, str]:
+    """Validate an annotator's answer and turn "left"/"right" into "a"/"b"."""
+    if isinstance(raw, str) and len(criteria) == 1:
+        raw = {criteria[0]: raw}
+    if not isinstance(raw, Mapping):
+        raise ServiceError(
+            f"choices must be an object mapping each criterion ({', '.join(criteria)}) to a choice.",
+            field="choices",
+        )
+    unknown = sorted(set(raw) - set(criteria))
+    if unknown:
+        raise ServiceError(
+            f"Unknown criterion '{unknown[0]}'; this campaign asks: {', '.join(criteria)}.",
+            field=f"choices.{unknown[0]}",
+        )
+    out: dict[str, str] = {}
+    for slug in criteria:
+        value = raw.get(slug)
+        if value is None or value == "":
+            raise ServiceError(f"No choice given for criterion '{slug}'.", field=f"choices.{slug}")
+        if value not in VALID_CHOICES:
+            raise ServiceError(
+                f"'{value}' is not a valid choice for '{slug}'; use one of: "
+                f"{', '.join(VALID_CHOICES)}.",
+                field=f"choices.{slug}",
+            )
+        if value == "left":
+            value = Choice.A if a_on_left else Choice.B
+        elif value == "right":
+            value = Choice.B if a_on_left else Choice.A
+        out[slug] = str(value)
+    return out
+
+
+def judgment_submit(
+    *,
+    annotator: AbstractBaseUser,
+    assignment_id: Any,
+    choices: Any,
+    duration_ms: int | None = None,
+) -> Judgment:
+    """Record the annotator's judgment of the pair leased by `assignment_id`.
+
+    A submit after the lease expired is accepted while the pair still has a free slot, since
+    the work was done; otherwise it raises LeaseLost. A second submit raises AlreadyJudged
+    with the first judgment's id. Nothing is written when any check fails.
+    """
+    assignment = _assignment_for(annotator=annotator, assignment_id=assignment_id)
+    campaign = assignment.campaign
+    if not campaign.is_open:
+        raise CampaignNotActive(
+            f"Campaign '{campaign.slug}' is {campaign.status}; it takes no judgments now."
+        )
+    criteria = list(campaign.criteria.values_list("slug", flat=True))
+    canonical = choices_canonical(criteria=criteria, raw=choices, a_on_left=assignment.a_on_left)
+    if duration_ms is not None and (not isinstance(duration_ms, int) or duration_ms < 0):
+        raise ServiceError("duration_ms must be a non-negative integer.", field="duration_ms")
+
+    now = timezone.now()
+    with transaction.atomic():
+        # Serialises every slot-taking operation on this pair (see the module docstring).
+        pair = Pair.objects.select_for_update().only(
+            "id", "item_a_id", "item_b_id", "judgment_count"
+        ).get(pk=assignment.pair_id)
+        existing = (
+            Judgment.objects.filter(pair_id=pair.pk, annotator_id=annotator.pk)
+            .values_list("id", flat=True)
+            .first()
+        )
+        if existing is not None:
+            raise AlreadyJudged(
+                "You have already judged this pair.", field="assignment", judgment_id=existing
+            )
+        if assignment.status == Assignment.Status.SKIPPED:
+            raise ServiceError("You skipped this pair; it cannot be judged now.", field="assignment")
+        live = assignment.status == Assignment.Status.OPEN and assignment.expires_at > now
+        if not live and not _has_free_slot(
+            pair=pair, k=campaign.judgments_per_pair, now=now, annotator_id=annotator.pk
+        ):
+            raise LeaseLost(
+                "Your lease on this pair expired and the pair has since received all the "
+                "judgments it needs; your answer was not recorded.",
+                field="assignment",
+            )
+        if duration_ms is None:
+            duration_ms = max(0, int((now - assignment.leased_at).total_seconds() * 1000))
+        try:
+            with transaction.atomic():
+                judgment = Judgment.objects.create(
+                    pair_id=pair.pk,
+                    annotator_id=annotator.pk,
+                    campaign_id=campaign.pk,
+                    assignment=assignment,
+                    choices=canonical,
+                    shown_left_id=pair.item_a_id if assignment.a_on_left else pair.item_b_id,
+                    duration_ms=duration_ms,
+                )
+        except IntegrityError:
+            # The unique (pair, annotator) constraint is the backstop for a judgment made
+            # through a second lease of the same pair.
+            existing = Judgment.objects.filter(
+                pair_id=pair.pk, annotator_id=annotator.pk
+            ).values_list("id", flat=True).first()
+            raise AlreadyJudged(
+                "You have already judged this pair.", field="assignment", judgment_id=existing
+            ) from None
+        Pair.objects.filter(pk=pair.pk).update(judgment_count=F("judgment_count") + 1)
+        Assignment.objects.filter(pk=assignment.pk).update(status=Assignment.Status.DONE)
+        transaction.on_commit(partial(aggregation_request, campaign_id=campaign.pk))
+    return judgment
+
+
+def skip_create(*, annotator: AbstractBaseUser, assignment_id: Any, reason: str = "") -> Skip:
+    """Skip the leased pair: it frees the slot and is never offered to this annotator again."""
+    assignment = _assignment_for(annotator=annotator, assignment_id=assignment_id)
+    if len(reason) > 500:
+        raise ServiceError("reason is longer than 500 characters.", field="reason")
+    with transaction.atomic():
+        if Judgment.objects.filter(pair_id=assignment.pair_id, annotator_id=annotator.pk).exists():
+            raise ServiceError("You have already judged this pair.", field="assignment")
+        skip, _ = Skip.objects.get_or_create(
+            pair_id=assignment.pair_id,
+            annotator_id=annotator.pk,
+            defaults={"campaign_id": assignment.campaign_id, "reason": reason},
+        )
+        Assignment.objects.filter(
+            pair_id=assignment.pair_id, annotator_id=annotator.pk, status=Assignment.Status.OPEN
+        ).update(status=Assignment.Status.SKIPPED)
+    return skip
+
+
+def assignment_renew(*, annotator: AbstractBaseUser, assignment_id: Any) -> Assignment:
+    """Extend a lease while its page is open. An expired lease is revived only while the
+    pair still has a free slot."""
+    assignment = _assignment_for(annotator=annotator, assignment_id=assignment_id)
+    campaign = assignment.campaign
+    if assignment.status != Assignment.Status.OPEN:
+        raise ServiceError(f"This lease is {assignment.status}; nothing to renew.", field="assignment")
+    now = timezone.now()
+    with transaction.atomic():
+        if assignment.expires_at <= now:
+            pair = Pair.objects.select_for_update().only("id", "judgment_count").get(
+                pk=assignment.pair_id
+            )
+            if not _has_free_slot(
+                pair=pair, k=campaign.judgments_per_pair, now=now, annotator_id=annotator.pk
+            ):
+                raise LeaseLost(
+                    "Your lease expired and the pair has been handed to others.", field="assignment"
+                )
+        assignment.expires_at = now + timedelta(seconds=campaign.lease_seconds)
+        Assignment.objects.filter(pk=assignment.pk).update(expires_at=assignment.expires_at)
+    return assignment
+
+
+# ---- campaigns and content (staff) -------------------------------------------------------
+
+
+def campaign_create(
+    *, name: str, slug: str, criteria: list[dict[str, str]] | None = None, **fields: Any
+) -> Campaign:
+    with transaction.atomic():
+        campaign = Campaign(name=name, slug=slug, **fields)
+        campaign.full_clean()
+        campaign.save()
+        for position, spec in enumerate(criteria or [{"slug": "overall", "label": "Overall"}]):
+            Criterion.objects.create(
+                campaign=campaign,
+                slug=spec["slug"],
+                label=spec.get("label") or spec["slug"].replace("-", " ").capitalize(),
+                description=spec.get("description", ""),
+                position=position,
+            )
+    return campaign
+
+
+def membership_add(*, campaign: Campaign, user: AbstractBaseUser) -> Membership:
+    membership, _ = Membership.objects.get_or_create(campaign=campaign, user_id=user.pk)
+    return membership
+
+
+# ---- bulk imports (staff) ----------------------------------------------------------------
+# Each import validates every row before it writes any, and writes all rows in one
+# transaction: a bad row is named (rows[i].field) and nothing is stored.
+
+
+def _rows_check(rows: Any) -> list[dict[str, Any]]:
+    from django.conf import settings
+
+    if not isinstance(rows, list):
+        raise ServiceError("Expected a JSON list of rows.", field="rows")
+    if len(rows) > settings.IMPORT_MAX_ROWS:
+        raise ServiceError(
+            f"{len(rows)} rows in one request; the limit is {settings.IMPORT_MAX_ROWS}.",
+            field="rows",
+        )
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ServiceError("Each row must be a JSON object.", field=f"rows[{index}]")
+    return rows
+
+
+def _optional_str(row: dict[str, Any], key: str, where: str, max_length: int = 200) -> str:
+    value = row.get(key, "")
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ServiceError(f"{key} must be a string.", field=f"{where}.{key}")
+    if len(value) > max_length:
+        raise ServiceError(f"{key} is longer than {max_length} characters.", field=f"{where}.{key}")
+    return value
+
+
+def _metadata(row: dict[str, Any], where: str) -> dict[str, Any]:
+    value = row.get("metadata", {})
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ServiceError("metadata must be a JSON object.", field=f"{where}.metadata")
+    return value
+
+
+def messages_normalise(value: Any, *, where: str) -> list[dict[str, str]]:
+    """A prompt is a list of chat messages; a plain string becomes one user message."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise ServiceError("The prompt is empty.", field=where)
+        return [{"role": "user", "content": value}]
+    if not isinstance(value, list) or not value:
+        raise ServiceError("messages must be a non-empty list or a string.", field=where)
+    out = []
+    for index, message in enumerate(value):
+        if (
+            not isinstance(message, dict)
+            or not isinstance(message.get("role"), str)
+            or not isinstance(message.get("content"), str)
+        ):
+            raise ServiceError(
+                'Each message needs a string "role" and a string "content".',
+                field=f"{where}[{index}]",
+            )
+        if message["role"] not in ("system", "user", "assistant", "tool"):
+            raise ServiceError(
+                f"Unknown role '{message['role']}'; use system, user, assistant or tool.",
+                field=f"{where}[{index}].role",
+            )
+        out.append({"role": message["role"], "content": message["content"]})
+    return out
+
+
+def _unique_external_ids(model: Any, campaign: Campaign, objs: list[Any], label: str) -> None:
+    seen: dict[str, int] = {}
+    for index, obj in enumerate(objs):
+        if obj.external_id:
+            if obj.external_id in seen:
+                raise ServiceError(
+                    f"external_id '{obj.external_id}' repeats row {seen[obj.external_id]}.",
+                    field=f"rows[{index}].external_id",
+                )
+            seen[obj.external_id] = index
+    taken = set(
+        model.objects.filter(campaign=campaign, external_id__in=list(seen)).values_list(
+            "external_id", flat=True
+        )
+    )
+    for ext in taken:
+        raise ServiceError(
+            f"A {label} with external_id '{ext}' already exists in this campaign.",
+            field=f"rows[{seen[ext]}].external_id",
+        )
+
+
+def _resolver(model: Any, campaign: Campaign, refs: list[Any]) -> dict[Any, Any]:
+    """Map the ids and external ids used in a request to (pk, prompt_id) of the campaign's rows."""
+    ids = [r for r in refs if isinstance(r, int) and not isinstance(r, bool)]
+    exts = [r for r in refs if isinstance(r, str)]
+    fields = ["id", "external_id"] + (["prompt_id"] if model.__name__ == "Item" else [])
+    found: dict[Any, Any] = {}
+    from django.db.models import Q
+
+    for row in model.objects.filter(Q(campaign=campaign) & (Q(id__in=ids) | Q(external_id__in=exts))).values(*fields):
+        found[row["id"]] = row
+        if row["external_id"]:
+            found[row["external_id"]] = row
+    return found
+
+
+def prompts_bulk_create(*, campaign: Campaign, rows: Any) -> list[Any]:
+    from .models import Prompt
+
+    rows = _rows_check(rows)
+    objs = []
+    for index, row in enumerate(rows):
+        where = f"rows[{index}]"
+        if "messages" in row:
+            messages = messages_normalise(row["messages"], where=f"{where}.messages")
+        elif "prompt" in row:
+            messages = messages_normalise(row["prompt"], where=f"{where}.prompt")
+        else:
+            raise ServiceError('A prompt row needs "messages" (or a "prompt" string).', field=where)
+        objs.append(
+            Prompt(
+                campaign=campaign,
+                external_id=_optional_str(row, "external_id", where),
+                messages=messages,
+                metadata=_metadata(row, where),
+            )
+        )
+    _unique_external_ids(Prompt, campaign, objs, "prompt")
+    with transaction.atomic():
+        return Prompt.objects.bulk_create(objs, batch_size=1000)
+
+
+def items_bulk_create(*, campaign: Campaign, rows: Any) -> list[Any]:
+    from .models import Item, Prompt
+
+    rows = _rows_check(rows)
+    is_text = campaign.kind == Campaign.Kind.TEXT
+    prompts = _resolver(Prompt, campaign, [r.get("prompt") for r in rows]) if is_text else {}
+    objs = []
+    for index, row in enumerate(rows):
+        where = f"rows[{index}]"
+        item = Item(
+            campaign=campaign,
+            external_id=_optional_str(row, "external_id", where),
+            source=_optional_str(row, "source", where) or _optional_str(row, "model", where),
+            metadata=_metadata(row, where),
+        )
+        if is_text:
+            ref = row.get("prompt")
+            if ref is None:
+                raise ServiceError("A text item needs the prompt it answers.", field=f"{where}.prompt")
+            if ref not in prompts:
+                raise ServiceError(
+                    f"No prompt {ref!r} in this campaign.", field=f"{where}.prompt"
+                )
+            content = row.get("content")
+            if not isinstance(content, str) or not content.strip():
+                raise ServiceError("content must be a non-empty string.", field=f"{where}.content")
+            item.prompt_id = prompts[ref]["id"]
+            item.content = content
+        else:
+            item.dataset = _optional_str(row, "dataset", where)
+            item.episode = _optional_str(row, "episode", where)
+            for key in ("start", "length"):
+                value = row.get(key)
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise ServiceError(f"{key} must be a non-negative integer.", field=f"{where}.{key}")
+                setattr(item, key, value)
+            if not item.length:
+                raise ServiceError("length must be positive.", field=f"{where}.length")
+        objs.append(item)
+    _unique_external_ids(Item, campaign, objs, "item")
+    with transaction.atomic():
+        return Item.objects.bulk_create(objs, batch_size=1000)
+
+
+def pairs_bulk_create(*, campaign: Campaign, rows: Any) -> list[Pair]:
+    rows = _rows_check(rows)
+    from .models import Item
+
+    refs = [r.get(key) for r in rows for key in ("item_a", "item_b")]
+    items = _resolver(Item, campaign, refs)
+    objs = []
+    seen: dict[tuple[int, int], int] = {}
+    for index, row in enumerate(rows):
+        where = f"rows[{index}]"
+        resolved = []
+        for key in ("item_a", "item_b"):
+            ref = row.get(key)
+            if ref is None:
+                raise ServiceError(f"{key} is required (an item id or external_id).", field=f"{where}.{key}")
+            if ref not in items:
+                raise ServiceError(f"No item {ref!r} in this campaign.", field=f"{where}.{key}")
+            resolved.append(items[ref])
+        first, second = sorted(resolved, key=lambda r: r["id"])
+        if first["id"] == second["id"]:
+            raise ServiceError("A pair needs two different items.", field=where)
+        if campaign.kind == Campaign.Kind.TEXT and first["prompt_id"] != second["prompt_id"]:
+            raise ServiceError("Both items of a text pair must answer the same prompt.", field=where)
+        key = (first["id"], second["id"])
+        if key in seen:
+            raise ServiceError(f"The same pair as row {seen[key]}.", field=where)
+        seen[key] = index
+        objs.append(Pair(campaign=campaign, item_a_id=key[0], item_b_id=key[1]))
+    existing = Pair.objects.filter(
+        campaign=campaign, item_a_id__in=[k[0] for k in seen], item_b_id__in=[k[1] for k in seen]
+    ).values_list("item_a_id", "item_b_id")
+    for key in existing:
+        if key in seen:
+            raise ServiceError("This pair already exists in the campaign.", field=f"rows[{seen[key]}]")
+    with transaction.atomic():
+        return Pair.objects.bulk_create(objs, batch_size=1000)

@@ -1,0 +1,121 @@
+"""HTML views: parse the form, call one service or selector, render. htmx requests get the
+named partial; the same URLs work as plain form posts with JavaScript off."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from . import selectors, services
+from .errors import CampaignNotActive, Forbidden, ServiceError
+from .models import Assignment, Campaign
+
+PAGE = "annotation/compare.html"
+
+
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    campaigns = selectors.campaign_list_for(user=request.user)
+    return render(request, "annotation/home.html", {"campaigns": campaigns})
+
+
+def _campaign(request: HttpRequest, slug: str) -> Campaign:
+    campaign = selectors.campaign_for(user=request.user, slug=slug)
+    if campaign is None:
+        raise Http404("No such campaign, or you are not a member of it.")
+    return campaign
+
+
+def _sides(assignment: Assignment) -> dict[str, Any]:
+    pair = assignment.pair
+    left, right = (pair.item_a, pair.item_b) if assignment.a_on_left else (pair.item_b, pair.item_a)
+    return {"left": left, "right": right}
+
+
+def _render_pair(
+    request: HttpRequest, campaign: Campaign, *, error: ServiceError | None = None, notice: str = ""
+) -> HttpResponse:
+    """Lease (or resume) the annotator's next pair and render it, with an optional message."""
+    context: dict[str, Any] = {"campaign": campaign, "error": error, "notice": notice}
+    status = error.status if error and not request.htmx else 200
+    try:
+        assignment = services.assignment_lease_next(annotator=request.user, campaign=campaign)
+    except (Forbidden, CampaignNotActive) as exc:
+        context["error"] = error or exc
+        status = (error or exc).status if not request.htmx else 200
+        assignment = None
+    if assignment is not None:
+        assignment = selectors.assignment_detail(assignment_id=assignment.pk)
+        context.update(assignment=assignment, **_sides(assignment))
+        context["criteria"] = list(campaign.criteria.all())
+    template = f"{PAGE}#pair" if request.htmx else PAGE
+    return render(request, template, context, status=status)
+
+
+@login_required
+def compare(request: HttpRequest, slug: str) -> HttpResponse:
+    return _render_pair(request, _campaign(request, slug))
+
+
+def _choices_from_form(request: HttpRequest) -> dict[str, str] | str:
+    if "choice" in request.POST:
+        return request.POST["choice"]
+    return {
+        key.removeprefix("choice_"): value
+        for key, value in request.POST.items()
+        if key.startswith("choice_")
+    }
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+@login_required
+@require_POST
+def judge(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
+    campaign = _campaign(request, slug)
+    try:
+        services.judgment_submit(
+            annotator=request.user,
+            assignment_id=assignment_id,
+            choices=_choices_from_form(request),
+            duration_ms=_int_or_none(request.POST.get("duration_ms")),
+        )
+    except ServiceError as exc:
+        return _render_pair(request, campaign, error=exc)
+    if not request.htmx:
+        return redirect("annotation:compare", slug=slug)
+    return _render_pair(request, campaign, notice="Saved.")
+
+
+@login_required
+@require_POST
+def skip(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
+    campaign = _campaign(request, slug)
+    try:
+        services.skip_create(
+            annotator=request.user, assignment_id=assignment_id, reason=request.POST.get("reason", "")
+        )
+    except ServiceError as exc:
+        return _render_pair(request, campaign, error=exc)
+    if not request.htmx:
+        return redirect("annotation:compare", slug=slug)
+    return _render_pair(request, campaign, notice="Skipped.")
+
+
+@login_required
+@require_POST
+def renew(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
+    try:
+        services.assignment_renew(annotator=request.user, assignment_id=assignment_id)
+    except ServiceError as exc:
+        return HttpResponse(exc.message, status=200 if request.htmx else exc.status)
+    return HttpResponse("")

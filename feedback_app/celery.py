@@ -1,0 +1,17 @@
+import os
+
+from celery import Celery
+from kombu import Queue as KombuQueue
+
+from .queues import Queue
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "feedback_app.settings")
+
+app = Celery("feedback_app")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.task_queues = [KombuQueue(q.value) for q in Queue]
+app.conf.task_default_queue = Queue.DEFAULT.value
+app.conf.task_routes = {
+    "labeling.tasks.aggregate_campaign": {"queue": Queue.LABELS.value},
+}
+app.autodiscover_tasks()

@@ -1,0 +1,72 @@
+"""Checks that PostgreSQL and Redis answer before the demo or the tests start.
+
+    python -m feedback_app.preflight [--create-db]
+
+Exits 2 with instructions when one is not reachable; --create-db creates the configured
+database if it does not exist yet.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from urllib.parse import urlparse
+
+HOW_TO_START = {
+    "postgres": "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+    "redis": 'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no',
+}
+
+
+def check(*, create_db: bool = False) -> list[str]:
+    import environ
+    import psycopg
+    import redis
+
+    env = environ.Env()
+    problems = []
+    db_url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/feedback")
+    db = env.db_url_config(db_url)
+    if db["ENGINE"].endswith("postgresql"):
+        params = {
+            "host": db.get("HOST") or "127.0.0.1",
+            "port": db.get("PORT") or 5432,
+            "user": db.get("USER") or "postgres",
+            "password": db.get("PASSWORD") or None,
+            "connect_timeout": 3,
+        }
+        try:
+            with psycopg.connect(dbname="postgres", autocommit=True, **params) as conn:
+                exists = conn.execute(
+                    "SELECT 1 FROM pg_database WHERE datname = %s", [db["NAME"]]
+                ).fetchone()
+                if not exists and create_db:
+                    conn.execute(f'CREATE DATABASE "{db["NAME"]}"')
+        except psycopg.Error as exc:
+            problems.append(
+                f"PostgreSQL at {params['host']}:{params['port']} is not reachable ({exc}).\n"
+                f"  Start it with: {HOW_TO_START['postgres']}\n"
+                "  or point DATABASE_URL at a running server."
+            )
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    try:
+        redis.Redis.from_url(redis_url, socket_connect_timeout=3).ping()
+    except redis.RedisError as exc:
+        parsed = urlparse(redis_url)
+        problems.append(
+            f"Redis at {parsed.hostname}:{parsed.port or 6379} is not reachable ({exc}).\n"
+            f"  Start it with: {HOW_TO_START['redis']}\n"
+            "  or point REDIS_URL at a running server."
+        )
+    return problems
+
+
+def main() -> int:
+    problems = check(create_db="--create-db" in sys.argv)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return 2 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""What the workers compute from judgments, and the state of that computation."""
+
+from django.db import models
+
+from annotation.models import Campaign, Criterion, Item, Pair
+
+
+class AggregationState(models.Model):
+    """One row per campaign: the debounce flag and the run sequence of its aggregation.
+
+    `pending` is set (False -> True) by the first judgment committed since the last run
+    started, which then enqueues one task; later judgments see it set and enqueue nothing.
+    A run clears it *before* reading judgments, so a judgment committed mid-run sets it again
+    and schedules one more run. Runs are numbered when they start; results are applied only
+    if no later run has applied its own, so overlapping runs can never leave stale scores.
+    """
+
+    campaign = models.OneToOneField(
+        Campaign, on_delete=models.CASCADE, primary_key=True, related_name="aggregation"
+    )
+    pending = models.BooleanField(default=False)
+    requested_at = models.DateTimeField(null=True, blank=True)
+    started_seq = models.PositiveIntegerField(default=0)
+    applied_seq = models.PositiveIntegerField(default=0)
+    runs_completed = models.PositiveIntegerField(default=0)
+    last_started_at = models.DateTimeField(null=True, blank=True)
+    last_finished_at = models.DateTimeField(null=True, blank=True)
+    judgments_used = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    def __str__(self) -> str:
+        return f"aggregation of campaign {self.campaign_id}"
+
+
+class ItemScore(models.Model):
+    """Bradley-Terry score of an item under one criterion."""
+
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="scores")
+    criterion = models.ForeignKey(Criterion, on_delete=models.CASCADE, related_name="+")
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="+")
+    score = models.FloatField()
+    comparisons = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["item", "criterion"], name="item_score_unique"),
+        ]
+        indexes = [models.Index(fields=["campaign", "criterion", "-score"])]
+
+
+class PairLabel(models.Model):
+    """Soft label of a pair under one criterion: the share of counted judgments preferring
+    item_a (a tie is half each way), and how many judgments it rests on."""
+
+    pair = models.ForeignKey(Pair, on_delete=models.CASCADE, related_name="labels")
+    criterion = models.ForeignKey(Criterion, on_delete=models.CASCADE, related_name="+")
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="+")
+    prefer_a = models.FloatField()
+    count = models.PositiveIntegerField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["pair", "criterion"], name="pair_label_unique"),
+        ]

@@ -1,0 +1,54 @@
+"""Reads of the labeling app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from annotation.models import Campaign, Item, Judgment
+
+from .models import AggregationState, ItemScore, PairLabel
+
+
+@dataclass(frozen=True)
+class AggregationInputs:
+    item_ids: list[int]
+    criteria: list[tuple[int, str]]
+    judgments: list[tuple[int, int, int, dict[str, str]]]  # pair, item_a, item_b, choices
+
+
+def aggregation_inputs(*, campaign: Campaign) -> AggregationInputs:
+    """Everything one aggregation run reads, in three queries (one statement each, so each
+    sees a consistent snapshot)."""
+    return AggregationInputs(
+        item_ids=list(Item.objects.filter(campaign=campaign).order_by("id").values_list("id", flat=True)),
+        criteria=list(campaign.criteria.values_list("id", "slug")),
+        judgments=list(
+            Judgment.objects.filter(campaign=campaign, status=Judgment.Status.ACTIVE)
+            .order_by("id")
+            .values_list("pair_id", "pair__item_a_id", "pair__item_b_id", "choices")
+        ),
+    )
+
+
+def item_scores(*, campaign: Campaign) -> Any:
+    return (
+        ItemScore.objects.filter(campaign=campaign)
+        .select_related("criterion")
+        .order_by("criterion__position", "-score", "item_id")
+        .values("item_id", "item__external_id", "criterion__slug", "score", "comparisons")
+    )
+
+
+def pair_labels(*, campaign: Campaign) -> Any:
+    return (
+        PairLabel.objects.filter(campaign=campaign)
+        .order_by("pair_id", "criterion__position")
+        .values(
+            "pair_id", "pair__item_a_id", "pair__item_b_id", "criterion__slug", "prefer_a", "count"
+        )
+    )
+
+
+def aggregation_state(*, campaign: Campaign) -> AggregationState | None:
+    return AggregationState.objects.filter(campaign=campaign).first()

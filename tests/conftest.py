@@ -1,0 +1,29 @@
+import pytest
+from rest_framework.test import APIClient
+
+from feedback_app.preflight import check
+
+
+def pytest_sessionstart(session):
+    problems = check(create_db=False)
+    if problems:
+        pytest.exit("Tests need PostgreSQL and Redis:\n" + "\n".join(problems), returncode=2)
+
+
+@pytest.fixture
+def api():
+    return APIClient()
+
+
+@pytest.fixture
+def staff(db):
+    from tests.factories import UserFactory
+
+    return UserFactory(is_staff=True, username="staff")
+
+
+@pytest.fixture
+def campaign(db):
+    from tests.factories import text_campaign
+
+    return text_campaign(n_prompts=4, responses=3, k=2)
