@@ -43,7 +43,6 @@ demo: migrate
 
 test: install-dev /usr/bin/chromium
 	$(PY) -m feedback_app.preflight
-	$(PY) manage.py collectstatic --noinput --verbosity 0
 	$(PY) -m pytest
 
 lint: install-dev

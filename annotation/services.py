@@ -202,56 +202,71 @@ def judgment_submit(
         raise ServiceError("duration_ms must be a non-negative integer.", field="duration_ms")
 
     now = timezone.now()
-    with transaction.atomic():
-        # Serialises every slot-taking operation on this pair (see the module docstring).
-        pair = Pair.objects.select_for_update().only(
-            "id", "item_a_id", "item_b_id", "judgment_count"
-        ).get(pk=assignment.pair_id)
+    try:
+        with transaction.atomic():
+            judgment = _judgment_write(
+                annotator=annotator, assignment=assignment, campaign=campaign,
+                canonical=canonical, duration_ms=duration_ms, now=now,
+            )
+    except IntegrityError:
+        # The unique (pair, annotator) constraint is the backstop for a judgment made
+        # through a second lease of the same pair.
         existing = (
-            Judgment.objects.filter(pair_id=pair.pk, annotator_id=annotator.pk)
+            Judgment.objects.filter(pair_id=assignment.pair_id, annotator_id=annotator.pk)
             .values_list("id", flat=True)
             .first()
         )
-        if existing is not None:
-            raise AlreadyJudged(
-                "You have already judged this pair.", field="assignment", judgment_id=existing
-            )
-        if assignment.status == Assignment.Status.SKIPPED:
-            raise ServiceError("You skipped this pair; it cannot be judged now.", field="assignment")
-        live = assignment.status == Assignment.Status.OPEN and assignment.expires_at > now
-        if not live and not _has_free_slot(
-            pair=pair, k=campaign.judgments_per_pair, now=now, annotator_id=annotator.pk
-        ):
-            raise LeaseLost(
-                "Your lease on this pair expired and the pair has since received all the "
-                "judgments it needs; your answer was not recorded.",
-                field="assignment",
-            )
-        if duration_ms is None:
-            duration_ms = max(0, int((now - assignment.leased_at).total_seconds() * 1000))
-        try:
-            with transaction.atomic():
-                judgment = Judgment.objects.create(
-                    pair_id=pair.pk,
-                    annotator_id=annotator.pk,
-                    campaign_id=campaign.pk,
-                    assignment=assignment,
-                    choices=canonical,
-                    shown_left_id=pair.item_a_id if assignment.a_on_left else pair.item_b_id,
-                    duration_ms=duration_ms,
-                )
-        except IntegrityError:
-            # The unique (pair, annotator) constraint is the backstop for a judgment made
-            # through a second lease of the same pair.
-            existing = Judgment.objects.filter(
-                pair_id=pair.pk, annotator_id=annotator.pk
-            ).values_list("id", flat=True).first()
-            raise AlreadyJudged(
-                "You have already judged this pair.", field="assignment", judgment_id=existing
-            ) from None
-        Pair.objects.filter(pk=pair.pk).update(judgment_count=F("judgment_count") + 1)
-        Assignment.objects.filter(pk=assignment.pk).update(status=Assignment.Status.DONE)
-        transaction.on_commit(partial(aggregation_request, campaign_id=campaign.pk))
+        if existing is None:
+            raise
+        raise AlreadyJudged(
+            "You have already judged this pair.", field="assignment", judgment_id=existing
+        ) from None
+    return judgment
+
+
+def _judgment_write(
+    *, annotator: AbstractBaseUser, assignment: Assignment, campaign: Campaign,
+    canonical: dict[str, str], duration_ms: int | None, now: Any,
+) -> Judgment:
+    """Call inside a transaction. Takes the pair's row lock, which serialises every
+    slot-taking operation on the pair (see the module docstring)."""
+    pair = Pair.objects.select_for_update().only(
+        "id", "item_a_id", "item_b_id", "judgment_count"
+    ).get(pk=assignment.pair_id)
+    existing = (
+        Judgment.objects.filter(pair_id=pair.pk, annotator_id=annotator.pk)
+        .values_list("id", flat=True)
+        .first()
+    )
+    if existing is not None:
+        raise AlreadyJudged(
+            "You have already judged this pair.", field="assignment", judgment_id=existing
+        )
+    if assignment.status == Assignment.Status.SKIPPED:
+        raise ServiceError("You skipped this pair; it cannot be judged now.", field="assignment")
+    live = assignment.status == Assignment.Status.OPEN and assignment.expires_at > now
+    if not live and not _has_free_slot(
+        pair=pair, k=campaign.judgments_per_pair, now=now, annotator_id=annotator.pk
+    ):
+        raise LeaseLost(
+            "Your lease on this pair expired and the pair has since received all the "
+            "judgments it needs; your answer was not recorded.",
+            field="assignment",
+        )
+    if duration_ms is None:
+        duration_ms = max(0, int((now - assignment.leased_at).total_seconds() * 1000))
+    judgment = Judgment.objects.create(
+        pair_id=pair.pk,
+        annotator_id=annotator.pk,
+        campaign_id=campaign.pk,
+        assignment=assignment,
+        choices=canonical,
+        shown_left_id=pair.item_a_id if assignment.a_on_left else pair.item_b_id,
+        duration_ms=duration_ms,
+    )
+    Pair.objects.filter(pk=pair.pk).update(judgment_count=F("judgment_count") + 1)
+    Assignment.objects.filter(pk=assignment.pk).update(status=Assignment.Status.DONE)
+    transaction.on_commit(partial(aggregation_request, campaign_id=campaign.pk))
     return judgment
 
 
