@@ -107,15 +107,15 @@ class Membership(models.Model):
             models.UniqueConstraint(fields=["campaign", "user"], name="membership_unique"),
         ]
 
+    def __str__(self) -> str:
+        return f"user {self.user_id} in campaign {self.campaign_id}"
+
 
 class FrozenWhenJudged(models.Model):
     """Refuses save() of an existing row and delete() once a judgment refers to it."""
 
     class Meta:
         abstract = True
-
-    def is_judged(self) -> bool:  # pragma: no cover - overridden
-        raise NotImplementedError
 
     def save(self, *args, **kwargs):
         if self.pk is not None and not self._state.adding and self.is_judged():
@@ -126,6 +126,9 @@ class FrozenWhenJudged(models.Model):
         if self.is_judged():
             raise FrozenError(f"{type(self).__name__} {self.pk} has judgments and is frozen")
         return super().delete(*args, **kwargs)
+
+    def is_judged(self) -> bool:  # pragma: no cover - overridden
+        raise NotImplementedError
 
 
 class Prompt(models.Model):
@@ -314,3 +317,6 @@ class Skip(models.Model):
             models.UniqueConstraint(fields=["pair", "annotator"], name="skip_once_per_pair"),
         ]
         indexes = [models.Index(fields=["campaign", "id"])]
+
+    def __str__(self) -> str:
+        return f"skip of pair {self.pair_id} by user {self.annotator_id}"

@@ -48,6 +48,9 @@ class ItemScore(models.Model):
         ]
         indexes = [models.Index(fields=["campaign", "criterion", "-score"])]
 
+    def __str__(self) -> str:
+        return f"item {self.item_id}: {self.score:.3f}"
+
 
 class PairLabel(models.Model):
     """Soft label of a pair under one criterion: the share of counted judgments preferring
@@ -64,3 +67,6 @@ class PairLabel(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["pair", "criterion"], name="pair_label_unique"),
         ]
+
+    def __str__(self) -> str:
+        return f"pair {self.pair_id}: {self.prefer_a:.2f} of {self.count}"

@@ -29,11 +29,11 @@ def campaign(db):
     return text_campaign(n_prompts=4, responses=3, k=2)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _static_manifest(django_db_blocker):
-    """Pages use the manifest static storage that production uses; build it once."""
-    from django.conf import settings
-    from django.core.management import call_command
-
-    assert settings.STATIC_ROOT
-    call_command("collectstatic", "--noinput", verbosity=0)
+@pytest.fixture(autouse=True)
+def _plain_static_storage(settings):
+    """Serve static files by their plain names, as the live server's static handler finds
+    them; the hashed-manifest storage of production needs collectstatic first."""
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }

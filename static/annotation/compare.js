@@ -13,6 +13,11 @@
   document.addEventListener("keydown", (event) => {
     if (event.target.matches("input, textarea") || event.metaKey || event.ctrlKey || event.altKey) return;
     const button = document.querySelector(`form.judge button[data-key="${event.key}"]`);
-    if (button) { event.preventDefault(); button.click(); }
+    if (!button) return;
+    event.preventDefault();
+    // A key pressed right after a swap can beat htmx's processing of the new form; process
+    // it now so the answer goes through htmx rather than as a full-page post.
+    if (window.htmx) window.htmx.process(button.form);
+    button.click();
   });
 })();

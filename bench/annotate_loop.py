@@ -1,0 +1,477 @@
+"""Load test of the annotation loop through the REST API: lease a pair, judge it, repeat.
+
+    .venv/bin/python bench/annotate_loop.py [--concurrency 1,8,32] [--duration 20]
+        [--port 8765] [--workers 2] [--threads 8] [--no-worker] [--json out.json]
+
+What it does, all on 127.0.0.1:
+  1. drops and recreates the database `feedback_bench`, migrates it, and seeds one active text
+     campaign (k=3, --prompts prompts x --responses responses, every pair of a prompt's
+     responses) and one annotator per client of every concurrency level, each a member with an
+     API token;
+  2. starts gunicorn with gunicorn.conf.py (DEBUG=0, no access log) and, unless --no-worker,
+     a Celery worker, with REDIS_URL on Redis database 14, which is flushed at the end;
+  3. for each concurrency level c, runs c annotators (one keep-alive httpx.AsyncClient each,
+     fresh users per level) that POST next/ then POST judgment/ for --warmup + --duration
+     seconds; only loops started after the warm-up count;
+  4. prints judgments/s, p50/p99 of next, submit and the whole loop, errors, and how many
+     CPU cores each process group used during the measured window.
+
+gunicorn and the worker run in their own process groups and are always killed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+DB_NAME = "feedback_bench"
+PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+REDIS_URL = "redis://127.0.0.1:6379/14"
+SLUG = "bench"
+CHOICES = ("left", "right", "tie")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# ---- environment, database, seed -------------------------------------------------------------
+
+
+def bench_env(args: argparse.Namespace) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=f"postgres://{PG['user']}@{PG['host']}:{PG['port']}/{DB_NAME}",
+        REDIS_URL=REDIS_URL,
+        CELERY_BROKER_URL=REDIS_URL,
+        SECRET_KEY="bench",
+        DEBUG="0",
+        ALLOWED_HOSTS="127.0.0.1,localhost",
+        DJANGO_SETTINGS_MODULE="feedback_app.settings",
+        HOST="127.0.0.1",
+        PORT=str(args.port),
+        WEB_CONCURRENCY=str(args.workers),
+        GUNICORN_THREADS=str(args.threads),
+        LOG_LEVEL="WARNING",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def database_reset() -> None:
+    import psycopg
+
+    with psycopg.connect(dbname="postgres", autocommit=True, connect_timeout=5, **PG) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{DB_NAME}"')
+
+
+def redis_flush() -> None:
+    import redis
+
+    redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).flushdb()
+
+
+def seed(n_users: int, n_prompts: int, n_responses: int) -> None:
+    """Runs in a child process (`annotate_loop.py _seed ...`) so the load generator never
+    imports Django. Prints {"slug", "tokens", "pairs"} as JSON on the last line."""
+    from itertools import combinations
+
+    import django
+
+    sys.path.insert(0, str(ROOT))
+    django.setup()
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.hashers import make_password
+    from django.db import transaction
+    from rest_framework.authtoken.models import Token
+
+    from annotation import services
+    from annotation.models import Campaign, Item, Membership, Pair, Prompt
+
+    rng = random.Random(1)
+    words = ["the", "a", "model", "answer", "because", "therefore", "which", "result", "first", "then", "data", "step"]
+
+    def text(n: int) -> str:
+        return " ".join(rng.choice(words) for _ in range(n)).capitalize() + "."
+
+    with transaction.atomic():
+        campaign = services.campaign_create(
+            name="Benchmark", slug=SLUG, kind=Campaign.Kind.TEXT,
+            status=Campaign.Status.ACTIVE, judgments_per_pair=3,
+        )
+        prompts = Prompt.objects.bulk_create(
+            [
+                Prompt(campaign=campaign, external_id=f"p{i}",
+                       messages=[{"role": "user", "content": text(30)}])
+                for i in range(n_prompts)
+            ],
+            batch_size=2000,
+        )
+        items = Item.objects.bulk_create(
+            [
+                Item(campaign=campaign, prompt=p, external_id=f"{p.external_id}-r{j}",
+                     content=text(80), source=f"model-{j}")
+                for p in prompts
+                for j in range(n_responses)
+            ],
+            batch_size=2000,
+        )
+        pairs = []
+        for i in range(n_prompts):
+            group = sorted(it.pk for it in items[i * n_responses : (i + 1) * n_responses])
+            pairs += [Pair(campaign=campaign, item_a_id=a, item_b_id=b)
+                      for a, b in combinations(group, 2)]
+        Pair.objects.bulk_create(pairs, batch_size=5000)
+        password = make_password(None)
+        users = get_user_model().objects.bulk_create(
+            [get_user_model()(username=f"bench{i:04d}", password=password)
+             for i in range(n_users)]
+        )
+        tokens = Token.objects.bulk_create([Token(user=u, key=Token.generate_key()) for u in users])
+        Membership.objects.bulk_create([Membership(campaign=campaign, user=u) for u in users])
+    print(json.dumps({"slug": SLUG, "tokens": [t.key for t in tokens], "pairs": len(pairs)}))
+
+
+def run_seed(env: dict[str, str], n_users: int, n_prompts: int, n_responses: int) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "_seed", str(n_users), str(n_prompts), str(n_responses)],
+        cwd=ROOT, env=env, check=True, capture_output=True, text=True, timeout=300,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---- processes -------------------------------------------------------------------------------
+
+
+def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    fh = open(log, "wb")  # noqa: SIM115 - lives as long as the process
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def stop(proc: subprocess.Popen | None) -> None:
+    """SIGTERM the leader (gunicorn and celery shut their children down), then SIGKILL
+    whatever is left of its process group."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        try:
+            os.kill(proc.pid, signal.SIGTERM)
+            proc.wait(20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def wait_healthy(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gunicorn exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"gunicorn did not answer /healthz within {timeout:.0f}s:\n"
+                       f"{log.read_text()[-3000:]}")
+
+
+def _stat(pid: int) -> tuple[int, int, str] | None:
+    """(ppid, utime+stime ticks, comm) of a process, None if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+    rest = raw[raw.rindex(")") + 2 :].split()
+    return int(rest[1]), int(rest[11]) + int(rest[12]), comm
+
+
+def cpu_snapshot(groups: dict[str, int]) -> dict[str, int]:
+    """CPU ticks used so far by each named process tree, by every postgres process, and by
+    the whole machine (busy ticks from /proc/stat)."""
+    procs = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (st := _stat(int(entry))) is not None:
+            procs[int(entry)] = st
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+
+    def tree(root: int) -> int:
+        total, todo = 0, [root]
+        while todo:
+            pid = todo.pop()
+            if pid in procs:
+                total += procs[pid][1]
+                todo += children.get(pid, [])
+        return total
+
+    out = {name: tree(pid) for name, pid in groups.items()}
+    out["postgres"] = sum(t for _, t, comm in procs.values() if comm.startswith("postgres"))
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    values = [int(v) for v in fields]
+    out["machine"] = sum(values) - values[3] - values[4]  # minus idle and iowait
+    return out
+
+
+# ---- load ------------------------------------------------------------------------------------
+
+
+@dataclass
+class LevelStats:
+    concurrency: int
+    duration: float
+    next_ms: list[float] = field(default_factory=list)
+    submit_ms: list[float] = field(default_factory=list)
+    loop_ms: list[float] = field(default_factory=list)
+    judgments: int = 0
+    exhausted: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    error_samples: list[str] = field(default_factory=list)
+    cpu: dict[str, float] = field(default_factory=dict)
+
+    def error(self, key: str, sample: str) -> None:
+        self.errors[key] = self.errors.get(key, 0) + 1
+        if len(self.error_samples) < 5:
+            self.error_samples.append(f"{key}: {sample[:300]}")
+
+
+async def annotator(token: str, port: int, slug: str, stats: LevelStats,
+                    measure_from: float, stop_at: float, seed: int) -> None:
+    import httpx
+
+    rng = random.Random(seed)
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}",
+        headers={"Authorization": f"Token {token}"},
+        timeout=30,
+        limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+    ) as client:
+        while (t0 := time.perf_counter()) < stop_at:
+            counted = t0 >= measure_from
+            try:
+                r = await client.post(f"/api/v1/campaigns/{slug}/next/")
+            except httpx.HTTPError as exc:
+                stats.error("next:" + type(exc).__name__, str(exc))
+                await asyncio.sleep(0.05)
+                continue
+            t1 = time.perf_counter()
+            if r.status_code == 204:
+                stats.exhausted += 1
+                return
+            if r.status_code != 200:
+                stats.error(f"next:{r.status_code}", r.text)
+                await asyncio.sleep(0.05)
+                continue
+            assignment = r.json()["assignment"]
+            try:
+                r = await client.post(f"/api/v1/assignments/{assignment}/judgment/",
+                                      json={"choices": rng.choice(CHOICES)})
+            except httpx.HTTPError as exc:
+                stats.error("submit:" + type(exc).__name__, str(exc))
+                continue
+            t2 = time.perf_counter()
+            if r.status_code != 201:
+                stats.error(f"submit:{r.status_code}", r.text)
+                continue
+            if counted and t2 <= stop_at:
+                stats.next_ms.append((t1 - t0) * 1000)
+                stats.submit_ms.append((t2 - t1) * 1000)
+                stats.loop_ms.append((t2 - t0) * 1000)
+                stats.judgments += 1
+
+
+async def run_level(tokens: list[str], args: argparse.Namespace, groups: dict[str, int]) -> LevelStats:
+    stats = LevelStats(concurrency=len(tokens), duration=args.duration)
+    now = time.perf_counter()
+    measure_from = now + args.warmup
+    stop_at = measure_from + args.duration
+    tasks = [
+        asyncio.create_task(annotator(tok, args.port, SLUG, stats, measure_from, stop_at, i))
+        for i, tok in enumerate(tokens)
+    ]
+    await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+    cpu0, self0, wall0 = cpu_snapshot(groups), os.times(), time.perf_counter()
+    await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
+    cpu1, self1, wall1 = cpu_snapshot(groups), os.times(), time.perf_counter()
+    # In-flight loops finish (their requests time out after 30 s at worst) but are not counted.
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=90)
+    elapsed = wall1 - wall0
+    stats.cpu = {k: (cpu1[k] - cpu0[k]) / CLK_TCK / elapsed for k in cpu0}
+    stats.cpu["loadgen"] = (self1.user + self1.system - self0.user - self0.system) / elapsed
+    return stats
+
+
+# ---- report ----------------------------------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q / 100 * len(s) + 0.5) - 1))]
+
+
+def summary(s: LevelStats) -> dict:
+    return {
+        "concurrency": s.concurrency,
+        "judgments_per_s": s.judgments / s.duration,
+        "judgments": s.judgments,
+        "next_p50_ms": pct(s.next_ms, 50), "next_p99_ms": pct(s.next_ms, 99),
+        "submit_p50_ms": pct(s.submit_ms, 50), "submit_p99_ms": pct(s.submit_ms, 99),
+        "loop_p50_ms": pct(s.loop_ms, 50), "loop_p99_ms": pct(s.loop_ms, 99),
+        "errors": sum(s.errors.values()),
+        "error_kinds": s.errors,
+        "exhausted_annotators": s.exhausted,
+        "cpu_cores": {k: round(v, 2) for k, v in s.cpu.items()},
+    }
+
+
+def machine() -> dict:
+    model = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return {"nproc": os.cpu_count(), "cpu_model": model,
+            "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
+
+
+def print_table(rows: list[dict]) -> None:
+    head = (f"{'conc':>4} {'judg/s':>7} {'next p50':>9} {'p99':>7} {'submit p50':>11} {'p99':>7}"
+            f" {'loop p50':>9} {'p99':>7} {'errors':>6}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['concurrency']:>4} {r['judgments_per_s']:>7.1f} {r['next_p50_ms']:>9.1f}"
+              f" {r['next_p99_ms']:>7.1f} {r['submit_p50_ms']:>11.1f} {r['submit_p99_ms']:>7.1f}"
+              f" {r['loop_p50_ms']:>9.1f} {r['loop_p99_ms']:>7.1f} {r['errors']:>6}")
+    print("(latencies in ms; CPU in cores used during the measured window)")
+    for r in rows:
+        cpu = "  ".join(f"{k}={v:.2f}" for k, v in r["cpu_cores"].items())
+        print(f"  c={r['concurrency']:<3} cpu: {cpu}")
+        if r["errors"]:
+            print(f"  c={r['concurrency']:<3} errors: {r['error_kinds']}")
+
+
+# ---- main ------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--concurrency", default="1,8,32",
+                   help="comma-separated client counts (default 1,8,32)")
+    p.add_argument("--duration", type=float, default=20, help="measured seconds per level")
+    p.add_argument("--warmup", type=float, default=3, help="unmeasured seconds before each level")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--workers", type=int, default=2, help="gunicorn workers (WEB_CONCURRENCY)")
+    p.add_argument("--threads", type=int, default=8, help="gunicorn threads per worker")
+    p.add_argument("--no-worker", action="store_true",
+                   help="do not run a Celery worker (aggregation tasks just queue in Redis)")
+    p.add_argument("--prompts", type=int, default=3000, help="prompts to seed")
+    p.add_argument("--responses", type=int, default=4,
+                   help="responses per prompt; every pair of them is a pair (4 -> 6 pairs)")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--keep-logs", action="store_true", help="print where the server logs are")
+    args = p.parse_args(argv)
+    args.levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    return args
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["_seed"]:
+        seed(*(int(a) for a in argv[1:4]))
+        return 0
+    args = parse_args(argv)
+    env = bench_env(args)
+    logdir = Path(tempfile.mkdtemp(prefix="annotate_loop-"))
+    info = machine()
+    print(f"machine: {info['nproc']} cores, {info['cpu_model']}, loadavg {' '.join(info['loadavg'])}")
+    print(f"gunicorn: gthread, workers={args.workers} threads={args.threads}, keepalive 5 s, "
+          f"access log /dev/null, DEBUG=0, CONN_MAX_AGE={env.get('CONN_MAX_AGE', '60')}; "
+          f"celery worker: {'no' if args.no_worker else 'yes (concurrency 1)'}")
+
+    t = time.perf_counter()
+    database_reset()
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+                   cwd=ROOT, env=env, check=True, timeout=300)
+    seeded = run_seed(env, sum(args.levels), args.prompts, args.responses)
+    redis_flush()
+    print(f"seeded {seeded['pairs']} pairs (k=3), {len(seeded['tokens'])} annotators "
+          f"in {time.perf_counter() - t:.1f}s")
+
+    gunicorn = worker = None
+    results: list[dict] = []
+    try:
+        if not args.no_worker:
+            worker = start(
+                [str(VENV_BIN / "celery"), "-A", "feedback_app", "worker", "--queues",
+                 "labels,default", "--concurrency", "1", "--loglevel", "WARNING"],
+                env, logdir / "worker.log",
+            )
+        gunicorn = start(
+            [str(VENV_BIN / "gunicorn"), "feedback_app.wsgi:application",
+             "--config", "gunicorn.conf.py", "--access-logfile", "/dev/null"],
+            env, logdir / "gunicorn.log",
+        )
+        wait_healthy(args.port, gunicorn, logdir / "gunicorn.log")
+        groups = {"gunicorn": gunicorn.pid}
+        if worker is not None:
+            groups["worker"] = worker.pid
+        tokens = seeded["tokens"]
+        offset = 0
+        for c in args.levels:
+            level_tokens, offset = tokens[offset : offset + c], offset + c
+            stats = asyncio.run(run_level(level_tokens, args, groups))
+            row = summary(stats)
+            results.append(row)
+            print(f"c={c}: {row['judgments_per_s']:.1f} judgments/s, loop p50 "
+                  f"{row['loop_p50_ms']:.1f} ms p99 {row['loop_p99_ms']:.1f} ms, "
+                  f"{row['errors']} errors", flush=True)
+            for sample in stats.error_samples:
+                print(f"    {sample}")
+            if stats.exhausted:
+                print(f"    {stats.exhausted} annotators ran out of pairs: seed more (--prompts)")
+    finally:
+        stop(gunicorn)
+        stop(worker)
+        try:
+            redis_flush()
+        except Exception as exc:  # the report matters more than the cleanup message
+            print(f"could not flush {REDIS_URL}: {exc}", file=sys.stderr)
+    print()
+    print_table(results)
+    if args.keep_logs:
+        print(f"server logs: {logdir}")
+    if args.json:
+        args.json.write_text(json.dumps(
+            {"machine": info, "workers": args.workers, "threads": args.threads,
+             "celery_worker": not args.no_worker, "duration": args.duration,
+             "warmup": args.warmup, "pairs": seeded["pairs"], "levels": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
