@@ -12,13 +12,14 @@ from choix.opt import PairwiseFcts
 
 from labeling import bradley_terry as bt
 
-# shared/ sits beside the repository root, both here (/work/shared) and in CI.
-CITATIONS = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "citations.json"
+# Stigler (1994) / Agresti (2002, p. 448) journal cross-citations with the published MLE;
+# the sources are named in the file's "about".
+CITATIONS = Path(__file__).resolve().parent / "data" / "citations.json"
 
 
 def _load_citations() -> dict:
     assert CITATIONS.is_file(), (
-        f"reference data missing: {CITATIONS} (expected shared/ beside the repository root)"
+        f"reference data missing: {CITATIONS} (shipped with the tests)"
     )
     return json.loads(CITATIONS.read_text())
 
