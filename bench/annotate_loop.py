@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -56,7 +57,6 @@ def bench_env(args: argparse.Namespace) -> dict[str, str]:
         SECRET_KEY="bench",
         DEBUG="0",
         ALLOWED_HOSTS="127.0.0.1,localhost",
-        DJANGO_SETTINGS_MODULE="feedback_app.settings",
         HOST="127.0.0.1",
         PORT=str(args.port),
         WEB_CONCURRENCY=str(args.workers),
@@ -64,6 +64,7 @@ def bench_env(args: argparse.Namespace) -> dict[str, str]:
         LOG_LEVEL="WARNING",
         PYTHONUNBUFFERED="1",
     )
+    env.setdefault("DJANGO_SETTINGS_MODULE", "feedback_app.settings")
     return env
 
 
@@ -73,6 +74,33 @@ def database_reset() -> None:
     with psycopg.connect(dbname="postgres", autocommit=True, connect_timeout=5, **PG) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{DB_NAME}"')
+
+
+def run_sql(statement: str) -> None:
+    import psycopg
+
+    with psycopg.connect(dbname=DB_NAME, autocommit=True, connect_timeout=5, **PG) as conn:
+        conn.execute(statement)
+
+
+def code_version() -> dict[str, str]:
+    """Short hashes of the files whose edits change the numbers (the tree is edited often)."""
+    import hashlib
+
+    files = [
+        "annotation/services.py",
+        "annotation/selectors.py",
+        "annotation/api.py",
+        "annotation/serializers.py",
+        "labeling/services.py",
+        "feedback_app/settings.py",
+        "gunicorn.conf.py",
+    ]
+    return {
+        f: hashlib.sha256((ROOT / f).read_bytes()).hexdigest()[:12]
+        for f in files
+        if (ROOT / f).exists()
+    }
 
 
 def redis_flush() -> None:
@@ -99,28 +127,52 @@ def seed(n_users: int, n_prompts: int, n_responses: int) -> None:
     from annotation.models import Campaign, Item, Membership, Pair, Prompt
 
     rng = random.Random(1)
-    words = ["the", "a", "model", "answer", "because", "therefore", "which", "result", "first", "then", "data", "step"]
+    words = [
+        "the",
+        "a",
+        "model",
+        "answer",
+        "because",
+        "therefore",
+        "which",
+        "result",
+        "first",
+        "then",
+        "data",
+        "step",
+    ]
 
     def text(n: int) -> str:
         return " ".join(rng.choice(words) for _ in range(n)).capitalize() + "."
 
     with transaction.atomic():
         campaign = services.campaign_create(
-            name="Benchmark", slug=SLUG, kind=Campaign.Kind.TEXT,
-            status=Campaign.Status.ACTIVE, judgments_per_pair=3,
+            name="Benchmark",
+            slug=SLUG,
+            kind=Campaign.Kind.TEXT,
+            status=Campaign.Status.ACTIVE,
+            judgments_per_pair=3,
         )
         prompts = Prompt.objects.bulk_create(
             [
-                Prompt(campaign=campaign, external_id=f"p{i}",
-                       messages=[{"role": "user", "content": text(30)}])
+                Prompt(
+                    campaign=campaign,
+                    external_id=f"p{i}",
+                    messages=[{"role": "user", "content": text(30)}],
+                )
                 for i in range(n_prompts)
             ],
             batch_size=2000,
         )
         items = Item.objects.bulk_create(
             [
-                Item(campaign=campaign, prompt=p, external_id=f"{p.external_id}-r{j}",
-                     content=text(80), source=f"model-{j}")
+                Item(
+                    campaign=campaign,
+                    prompt=p,
+                    external_id=f"{p.external_id}-r{j}",
+                    content=text(80),
+                    source=f"model-{j}",
+                )
                 for p in prompts
                 for j in range(n_responses)
             ],
@@ -129,13 +181,13 @@ def seed(n_users: int, n_prompts: int, n_responses: int) -> None:
         pairs = []
         for i in range(n_prompts):
             group = sorted(it.pk for it in items[i * n_responses : (i + 1) * n_responses])
-            pairs += [Pair(campaign=campaign, item_a_id=a, item_b_id=b)
-                      for a, b in combinations(group, 2)]
+            pairs += [
+                Pair(campaign=campaign, item_a_id=a, item_b_id=b) for a, b in combinations(group, 2)
+            ]
         Pair.objects.bulk_create(pairs, batch_size=5000)
         password = make_password(None)
         users = get_user_model().objects.bulk_create(
-            [get_user_model()(username=f"bench{i:04d}", password=password)
-             for i in range(n_users)]
+            [get_user_model()(username=f"bench{i:04d}", password=password) for i in range(n_users)]
         )
         tokens = Token.objects.bulk_create([Token(user=u, key=Token.generate_key()) for u in users])
         Membership.objects.bulk_create([Membership(campaign=campaign, user=u) for u in users])
@@ -145,7 +197,12 @@ def seed(n_users: int, n_prompts: int, n_responses: int) -> None:
 def run_seed(env: dict[str, str], n_users: int, n_prompts: int, n_responses: int) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "_seed", str(n_users), str(n_prompts), str(n_responses)],
-        cwd=ROOT, env=env, check=True, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -155,8 +212,9 @@ def run_seed(env: dict[str, str], n_users: int, n_prompts: int, n_responses: int
 
 def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     fh = open(log, "wb")  # noqa: SIM115 - lives as long as the process
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def stop(proc: subprocess.Popen | None) -> None:
@@ -170,14 +228,10 @@ def stop(proc: subprocess.Popen | None) -> None:
             proc.wait(20)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             pass
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(5)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 def wait_healthy(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
@@ -193,8 +247,9 @@ def wait_healthy(port: int, proc: subprocess.Popen, log: Path, timeout: float = 
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
-    raise RuntimeError(f"gunicorn did not answer /healthz within {timeout:.0f}s:\n"
-                       f"{log.read_text()[-3000:]}")
+    raise RuntimeError(
+        f"gunicorn did not answer /healthz within {timeout:.0f}s:\n{log.read_text()[-3000:]}"
+    )
 
 
 def _stat(pid: int) -> tuple[int, int, str] | None:
@@ -258,8 +313,15 @@ class LevelStats:
             self.error_samples.append(f"{key}: {sample[:300]}")
 
 
-async def annotator(token: str, port: int, slug: str, stats: LevelStats,
-                    measure_from: float, stop_at: float, seed: int) -> None:
+async def annotator(
+    token: str,
+    port: int,
+    slug: str,
+    stats: LevelStats,
+    measure_from: float,
+    stop_at: float,
+    seed: int,
+) -> None:
     import httpx
 
     rng = random.Random(seed)
@@ -287,8 +349,10 @@ async def annotator(token: str, port: int, slug: str, stats: LevelStats,
                 continue
             assignment = r.json()["assignment"]
             try:
-                r = await client.post(f"/api/v1/assignments/{assignment}/judgment/",
-                                      json={"choices": rng.choice(CHOICES)})
+                r = await client.post(
+                    f"/api/v1/assignments/{assignment}/judgment/",
+                    json={"choices": rng.choice(CHOICES)},
+                )
             except httpx.HTTPError as exc:
                 stats.error("submit:" + type(exc).__name__, str(exc))
                 continue
@@ -303,7 +367,9 @@ async def annotator(token: str, port: int, slug: str, stats: LevelStats,
                 stats.judgments += 1
 
 
-async def run_level(tokens: list[str], args: argparse.Namespace, groups: dict[str, int]) -> LevelStats:
+async def run_level(
+    tokens: list[str], args: argparse.Namespace, groups: dict[str, int]
+) -> LevelStats:
     stats = LevelStats(concurrency=len(tokens), duration=args.duration)
     now = time.perf_counter()
     measure_from = now + args.warmup
@@ -339,9 +405,12 @@ def summary(s: LevelStats) -> dict:
         "concurrency": s.concurrency,
         "judgments_per_s": s.judgments / s.duration,
         "judgments": s.judgments,
-        "next_p50_ms": pct(s.next_ms, 50), "next_p99_ms": pct(s.next_ms, 99),
-        "submit_p50_ms": pct(s.submit_ms, 50), "submit_p99_ms": pct(s.submit_ms, 99),
-        "loop_p50_ms": pct(s.loop_ms, 50), "loop_p99_ms": pct(s.loop_ms, 99),
+        "next_p50_ms": pct(s.next_ms, 50),
+        "next_p99_ms": pct(s.next_ms, 99),
+        "submit_p50_ms": pct(s.submit_ms, 50),
+        "submit_p99_ms": pct(s.submit_ms, 99),
+        "loop_p50_ms": pct(s.loop_ms, 50),
+        "loop_p99_ms": pct(s.loop_ms, 99),
         "errors": sum(s.errors.values()),
         "error_kinds": s.errors,
         "exhausted_annotators": s.exhausted,
@@ -355,19 +424,26 @@ def machine() -> dict:
         if line.startswith("model name"):
             model = line.split(":", 1)[1].strip()
             break
-    return {"nproc": os.cpu_count(), "cpu_model": model,
-            "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "loadavg": Path("/proc/loadavg").read_text().split()[:3],
+    }
 
 
 def print_table(rows: list[dict]) -> None:
-    head = (f"{'conc':>4} {'judg/s':>7} {'next p50':>9} {'p99':>7} {'submit p50':>11} {'p99':>7}"
-            f" {'loop p50':>9} {'p99':>7} {'errors':>6}")
+    head = (
+        f"{'conc':>4} {'judg/s':>7} {'next p50':>9} {'p99':>7} {'submit p50':>11} {'p99':>7}"
+        f" {'loop p50':>9} {'p99':>7} {'errors':>6}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['concurrency']:>4} {r['judgments_per_s']:>7.1f} {r['next_p50_ms']:>9.1f}"
-              f" {r['next_p99_ms']:>7.1f} {r['submit_p50_ms']:>11.1f} {r['submit_p99_ms']:>7.1f}"
-              f" {r['loop_p50_ms']:>9.1f} {r['loop_p99_ms']:>7.1f} {r['errors']:>6}")
+        print(
+            f"{r['concurrency']:>4} {r['judgments_per_s']:>7.1f} {r['next_p50_ms']:>9.1f}"
+            f" {r['next_p99_ms']:>7.1f} {r['submit_p50_ms']:>11.1f} {r['submit_p99_ms']:>7.1f}"
+            f" {r['loop_p50_ms']:>9.1f} {r['loop_p99_ms']:>7.1f} {r['errors']:>6}"
+        )
     print("(latencies in ms; CPU in cores used during the measured window)")
     for r in rows:
         cpu = "  ".join(f"{k}={v:.2f}" for k, v in r["cpu_cores"].items())
@@ -381,18 +457,34 @@ def print_table(rows: list[dict]) -> None:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--concurrency", default="1,8,32",
-                   help="comma-separated client counts (default 1,8,32)")
+    p.add_argument(
+        "--concurrency", default="1,8,32", help="comma-separated client counts (default 1,8,32)"
+    )
     p.add_argument("--duration", type=float, default=20, help="measured seconds per level")
     p.add_argument("--warmup", type=float, default=3, help="unmeasured seconds before each level")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--workers", type=int, default=2, help="gunicorn workers (WEB_CONCURRENCY)")
     p.add_argument("--threads", type=int, default=8, help="gunicorn threads per worker")
-    p.add_argument("--no-worker", action="store_true",
-                   help="do not run a Celery worker (aggregation tasks just queue in Redis)")
+    p.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="do not run a Celery worker (aggregation tasks just queue in Redis)",
+    )
     p.add_argument("--prompts", type=int, default=3000, help="prompts to seed")
-    p.add_argument("--responses", type=int, default=4,
-                   help="responses per prompt; every pair of them is a pair (4 -> 6 pairs)")
+    p.add_argument(
+        "--responses",
+        type=int,
+        default=4,
+        help="responses per prompt; every pair of them is a pair (4 -> 6 pairs)",
+    )
+    p.add_argument(
+        "--sql",
+        action="append",
+        default=[],
+        metavar="STATEMENT",
+        help="experiment hook: SQL run against feedback_bench after seeding "
+        "(e.g. an index to try); repeatable",
+    )
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--keep-logs", action="store_true", help="print where the server logs are")
     args = p.parse_args(argv)
@@ -408,33 +500,66 @@ def main(argv: list[str]) -> int:
     env = bench_env(args)
     logdir = Path(tempfile.mkdtemp(prefix="annotate_loop-"))
     info = machine()
-    print(f"machine: {info['nproc']} cores, {info['cpu_model']}, loadavg {' '.join(info['loadavg'])}")
-    print(f"gunicorn: gthread, workers={args.workers} threads={args.threads}, keepalive 5 s, "
-          f"access log /dev/null, DEBUG=0, CONN_MAX_AGE={env.get('CONN_MAX_AGE', '60')}; "
-          f"celery worker: {'no' if args.no_worker else 'yes (concurrency 1)'}")
+    print(
+        f"machine: {info['nproc']} cores, {info['cpu_model']}, loadavg {' '.join(info['loadavg'])}"
+    )
+    print(
+        f"gunicorn: gthread, workers={args.workers} threads={args.threads}, keepalive 5 s, "
+        f"access log /dev/null, DEBUG=0, CONN_MAX_AGE={env.get('CONN_MAX_AGE', '60')}; "
+        f"celery worker: {'no' if args.no_worker else 'yes (concurrency 1)'}"
+    )
 
     t = time.perf_counter()
     database_reset()
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-                   cwd=ROOT, env=env, check=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=300,
+    )
     seeded = run_seed(env, sum(args.levels), args.prompts, args.responses)
+    run_sql("ANALYZE")  # fresh planner statistics, as autovacuum would soon give them
+    for statement in args.sql:
+        run_sql(statement)
+        print(f"ran: {statement}")
     redis_flush()
-    print(f"seeded {seeded['pairs']} pairs (k=3), {len(seeded['tokens'])} annotators "
-          f"in {time.perf_counter() - t:.1f}s")
+    print(
+        f"seeded {seeded['pairs']} pairs (k=3), {len(seeded['tokens'])} annotators "
+        f"in {time.perf_counter() - t:.1f}s"
+    )
 
     gunicorn = worker = None
     results: list[dict] = []
     try:
         if not args.no_worker:
             worker = start(
-                [str(VENV_BIN / "celery"), "-A", "feedback_app", "worker", "--queues",
-                 "labels,default", "--concurrency", "1", "--loglevel", "WARNING"],
-                env, logdir / "worker.log",
+                [
+                    str(VENV_BIN / "celery"),
+                    "-A",
+                    "feedback_app",
+                    "worker",
+                    "--queues",
+                    "labels,default",
+                    "--concurrency",
+                    "1",
+                    "--loglevel",
+                    "WARNING",
+                ],
+                env,
+                logdir / "worker.log",
             )
         gunicorn = start(
-            [str(VENV_BIN / "gunicorn"), "feedback_app.wsgi:application",
-             "--config", "gunicorn.conf.py", "--access-logfile", "/dev/null"],
-            env, logdir / "gunicorn.log",
+            [
+                str(VENV_BIN / "gunicorn"),
+                "feedback_app.wsgi:application",
+                "--config",
+                "gunicorn.conf.py",
+                "--access-logfile",
+                "/dev/null",
+            ],
+            env,
+            logdir / "gunicorn.log",
         )
         wait_healthy(args.port, gunicorn, logdir / "gunicorn.log")
         groups = {"gunicorn": gunicorn.pid}
@@ -447,9 +572,12 @@ def main(argv: list[str]) -> int:
             stats = asyncio.run(run_level(level_tokens, args, groups))
             row = summary(stats)
             results.append(row)
-            print(f"c={c}: {row['judgments_per_s']:.1f} judgments/s, loop p50 "
-                  f"{row['loop_p50_ms']:.1f} ms p99 {row['loop_p99_ms']:.1f} ms, "
-                  f"{row['errors']} errors", flush=True)
+            print(
+                f"c={c}: {row['judgments_per_s']:.1f} judgments/s, loop p50 "
+                f"{row['loop_p50_ms']:.1f} ms p99 {row['loop_p99_ms']:.1f} ms, "
+                f"{row['errors']} errors",
+                flush=True,
+            )
             for sample in stats.error_samples:
                 print(f"    {sample}")
             if stats.exhausted:
@@ -466,10 +594,24 @@ def main(argv: list[str]) -> int:
     if args.keep_logs:
         print(f"server logs: {logdir}")
     if args.json:
-        args.json.write_text(json.dumps(
-            {"machine": info, "workers": args.workers, "threads": args.threads,
-             "celery_worker": not args.no_worker, "duration": args.duration,
-             "warmup": args.warmup, "pairs": seeded["pairs"], "levels": results}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": info,
+                    "workers": args.workers,
+                    "threads": args.threads,
+                    "celery_worker": not args.no_worker,
+                    "duration": args.duration,
+                    "warmup": args.warmup,
+                    "sql": args.sql,
+                    "code": code_version(),
+                    "settings": env["DJANGO_SETTINGS_MODULE"],
+                    "pairs": seeded["pairs"],
+                    "levels": results,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -29,6 +29,13 @@ def campaign(db):
     return text_campaign(n_prompts=4, responses=3, k=2)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _static_root():
+    from django.conf import settings
+
+    settings.STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns without it
+
+
 @pytest.fixture(autouse=True)
 def _plain_static_storage(settings):
     """Serve static files by their plain names, as the live server's static handler finds
