@@ -28,6 +28,7 @@ services-check: install
 migrate: services-check
 	$(PY) manage.py migrate --noinput
 
+# Embedded (SQLite + filesystem broker under var/) unless DATABASE_URL / REDIS_URL are set.
 demo: migrate
 	$(PY) manage.py collectstatic --noinput --verbosity 0
 	$(PY) manage.py seed_demo
@@ -35,14 +36,18 @@ demo: migrate
 	@echo "  Open http://127.0.0.1:$(PORT)/  (API docs: http://127.0.0.1:$(PORT)/api/docs/)"
 	@echo "  Stop with Ctrl-C."
 	@echo
-	PORT=$(PORT) $(VENV)/bin/honcho start -f Procfile
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" PORT=$(PORT) $(VENV)/bin/honcho start -f Procfile
 
 # Browser tests drive Debian's Chromium; install it when it is missing (needs root).
 /usr/bin/chromium:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 
-test: install-dev /usr/bin/chromium
-	$(PY) -m feedback_app.preflight
+# Compose-file validation uses Debian's docker-compose (the v1 parser; no engine needed).
+/usr/bin/docker-compose:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
+
+test: install-dev /usr/bin/chromium /usr/bin/docker-compose
+	$(PY) -m feedback_app.preflight --require-servers
 	$(PY) -m pytest
 
 lint: install-dev

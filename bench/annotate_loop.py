@@ -263,32 +263,62 @@ def _stat(pid: int) -> tuple[int, int, str] | None:
     return int(rest[1]), int(rest[11]) + int(rest[12]), comm
 
 
-def cpu_snapshot(groups: dict[str, int]) -> dict[str, int]:
-    """CPU ticks used so far by each named process tree, by every postgres process, and by
-    the whole machine (busy ticks from /proc/stat)."""
-    procs = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (st := _stat(int(entry))) is not None:
-            procs[int(entry)] = st
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in procs.items():
-        children.setdefault(ppid, []).append(pid)
+def _machine_busy() -> int:
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return sum(values) - values[3] - values[4]  # all but idle and iowait
 
-    def tree(root: int) -> int:
-        total, todo = 0, [root]
-        while todo:
-            pid = todo.pop()
-            if pid in procs:
-                total += procs[pid][1]
-                todo += children.get(pid, [])
-        return total
 
-    out = {name: tree(pid) for name, pid in groups.items()}
-    out["postgres"] = sum(t for _, t, comm in procs.values() if comm.startswith("postgres"))
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    values = [int(v) for v in fields]
-    out["machine"] = sum(values) - values[3] - values[4]  # minus idle and iowait
-    return out
+class CpuMeter:
+    """CPU used by gunicorn (master and workers), the Celery worker, PostgreSQL (every
+    `postgres` process: backends, autovacuum, WAL writer...), this load generator and the
+    whole machine. Sampled per process every half second, so the CPU of a process that exits
+    mid-window (a backend closed at CONN_MAX_AGE, an autovacuum worker) is counted up to its
+    last sample."""
+
+    def __init__(self, groups: dict[str, int]) -> None:
+        self.groups = groups
+        self.totals: dict[str, float] = {}
+        self.last: dict[int, int] = {}
+
+    def sample(self) -> None:
+        procs = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and (st := _stat(int(entry))) is not None:
+                procs[int(entry)] = st
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _, _) in procs.items():
+            children.setdefault(ppid, []).append(pid)
+        owner: dict[int, str] = {}
+        for name, root in self.groups.items():
+            todo = [root]
+            while todo:
+                pid = todo.pop()
+                if pid in procs:
+                    owner[pid] = name
+                    todo += children.get(pid, [])
+        first = not self.last
+        for pid, (_, ticks, comm) in procs.items():
+            name = owner.get(pid) or ("postgres" if comm.startswith("postgres") else None)
+            if name is not None and not first:
+                delta = ticks - self.last.get(pid, 0)
+                self.totals[name] = self.totals.get(name, 0) + max(0, delta)
+        self.last = {pid: ticks for pid, (_, ticks, _) in procs.items()}
+
+    async def measure(self, until: float) -> dict[str, float]:
+        """Sample until `until` (a perf_counter time); return cores used per group."""
+        self.sample()
+        wall0, self0, busy0 = time.perf_counter(), os.times(), _machine_busy()
+        while (left := until - time.perf_counter()) > 0:
+            await asyncio.sleep(min(0.5, left))
+            self.sample()
+        wall1, self1, busy1 = time.perf_counter(), os.times(), _machine_busy()
+        elapsed = wall1 - wall0
+        out = {name: self.totals.get(name, 0) / CLK_TCK / elapsed for name in self.groups}
+        out["postgres"] = self.totals.get("postgres", 0) / CLK_TCK / elapsed
+        out["loadgen"] = (self1.user + self1.system - self0.user - self0.system) / elapsed
+        out["machine"] = (busy1 - busy0) / CLK_TCK / elapsed
+        out["other"] = max(0.0, out["machine"] - sum(v for k, v in out.items() if k != "machine"))
+        return out
 
 
 # ---- load ------------------------------------------------------------------------------------
@@ -379,14 +409,9 @@ async def run_level(
         for i, tok in enumerate(tokens)
     ]
     await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
-    cpu0, self0, wall0 = cpu_snapshot(groups), os.times(), time.perf_counter()
-    await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
-    cpu1, self1, wall1 = cpu_snapshot(groups), os.times(), time.perf_counter()
+    stats.cpu = await CpuMeter(groups).measure(stop_at)
     # In-flight loops finish (their requests time out after 30 s at worst) but are not counted.
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=90)
-    elapsed = wall1 - wall0
-    stats.cpu = {k: (cpu1[k] - cpu0[k]) / CLK_TCK / elapsed for k in cpu0}
-    stats.cpu["loadgen"] = (self1.user + self1.system - self0.user - self0.system) / elapsed
     return stats
 
 
@@ -448,6 +473,13 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         cpu = "  ".join(f"{k}={v:.2f}" for k, v in r["cpu_cores"].items())
         print(f"  c={r['concurrency']:<3} cpu: {cpu}")
+        if r["judgments_per_s"] > 0:
+            per = "  ".join(
+                f"{k}={1000 * v / r['judgments_per_s']:.1f}"
+                for k, v in r["cpu_cores"].items()
+                if k in ("gunicorn", "postgres", "worker", "loadgen")
+            )
+            print(f"        CPU ms per judgment: {per}")
         if r["errors"]:
             print(f"  c={r['concurrency']:<3} errors: {r['error_kinds']}")
 

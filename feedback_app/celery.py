@@ -13,5 +13,6 @@ app.conf.task_queues = [KombuQueue(q.value) for q in Queue]
 app.conf.task_default_queue = Queue.DEFAULT.value
 app.conf.task_routes = {
     "labeling.tasks.aggregate_campaign": {"queue": Queue.LABELS.value},
+    "labeling.tasks.aggregation_sweep": {"queue": Queue.LABELS.value},
 }
 app.autodiscover_tasks()

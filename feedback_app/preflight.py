@@ -1,9 +1,11 @@
 """Checks that PostgreSQL and Redis answer before the demo or the tests start.
 
-    python -m feedback_app.preflight [--create-db]
+    python -m feedback_app.preflight [--create-db] [--require-servers]
 
-Exits 2 with instructions when one is not reachable; --create-db creates the configured
-database if it does not exist yet.
+Checks the servers that DATABASE_URL and REDIS_URL name; with neither set the app runs
+embedded and there is nothing to check, unless --require-servers (the test suite) asks for
+the local defaults. Exits 2 with instructions when one is not reachable; --create-db creates
+the configured PostgreSQL database if it does not exist yet.
 """
 
 from __future__ import annotations
@@ -18,15 +20,19 @@ HOW_TO_START = {
 }
 
 
-def check(*, create_db: bool = False) -> list[str]:
+DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/feedback"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def check(*, create_db: bool = False, require_servers: bool = False) -> list[str]:
     import environ
     import psycopg
     import redis
 
     env = environ.Env()
     problems = []
-    db_url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/feedback")
-    db = env.db_url_config(db_url)
+    db_url = os.environ.get("DATABASE_URL") or (DEFAULT_DATABASE_URL if require_servers else "")
+    db = env.db_url_config(db_url) if db_url else {"ENGINE": ""}
     if db["ENGINE"].endswith("postgresql"):
         params = {
             "host": db.get("HOST") or "127.0.0.1",
@@ -48,7 +54,9 @@ def check(*, create_db: bool = False) -> list[str]:
                 f"  Start it with: {HOW_TO_START['postgres']}\n"
                 "  or point DATABASE_URL at a running server."
             )
-    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    redis_url = os.environ.get("REDIS_URL") or (DEFAULT_REDIS_URL if require_servers else "")
+    if not redis_url:
+        return problems
     try:
         redis.Redis.from_url(redis_url, socket_connect_timeout=3).ping()
     except redis.RedisError as exc:
@@ -62,7 +70,7 @@ def check(*, create_db: bool = False) -> list[str]:
 
 
 def main() -> int:
-    problems = check(create_db="--create-db" in sys.argv)
+    problems = check(create_db="--create-db" in sys.argv, require_servers="--require-servers" in sys.argv)
     for problem in problems:
         print(problem, file=sys.stderr)
     return 2 if problems else 0

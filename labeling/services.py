@@ -69,6 +69,26 @@ def aggregation_request(*, campaign_id: int) -> bool:
     return True
 
 
+def aggregation_requeue_stale() -> list[int]:
+    """Enqueue again every aggregation left pending longer than PENDING_STALE_AFTER: its
+    message was lost (a broker outage, or a worker that died holding it). Run by beat."""
+    now = timezone.now()
+    stale = list(
+        AggregationState.objects.filter(
+            pending=True, requested_at__lt=now - PENDING_STALE_AFTER
+        ).values_list("campaign_id", flat=True)
+    )
+    requeued = []
+    for campaign_id in stale:
+        # Conditional: a run that started meanwhile cleared the flag and needs no help.
+        if AggregationState.objects.filter(
+            campaign_id=campaign_id, pending=True, requested_at__lt=now - PENDING_STALE_AFTER
+        ).update(requested_at=now):
+            _enqueue(campaign_id)
+            requeued.append(campaign_id)
+    return requeued
+
+
 OUTCOME = {"a": 1.0, "b": 0.0, "tie": 0.5}
 
 

@@ -3,7 +3,7 @@
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from .services import aggregation_failed, aggregation_run
+from .services import aggregation_failed, aggregation_requeue_stale, aggregation_run
 
 
 @shared_task(
@@ -23,3 +23,8 @@ def aggregate_campaign(campaign_id: int) -> None:
     except Exception as exc:
         aggregation_failed(campaign_id=campaign_id, error=exc)
         raise
+
+
+@shared_task(acks_late=True, time_limit=120)
+def aggregation_sweep() -> None:
+    aggregation_requeue_stale()

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 from rest_framework.test import APIClient
 
@@ -5,7 +7,7 @@ from feedback_app.preflight import check
 
 
 def pytest_sessionstart(session):
-    problems = check(create_db=False)
+    problems = check(require_servers=True)
     if problems:
         pytest.exit("Tests need PostgreSQL and Redis:\n" + "\n".join(problems), returncode=2)
 
@@ -33,7 +35,7 @@ def campaign(db):
 def _static_root():
     from django.conf import settings
 
-    settings.STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns without it
+    Path(settings.STATIC_ROOT).mkdir(parents=True, exist_ok=True)  # whitenoise warns without it
 
 
 @pytest.fixture(autouse=True)

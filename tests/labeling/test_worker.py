@@ -103,3 +103,21 @@ def test_a_stale_run_never_overwrites_newer_results(monkeypatch):
     # This run starts as number 6 and must drop its results: run 7 already applied newer ones.
     assert labeling_services.aggregation_run(campaign_id=campaign.pk) is False
     assert not ItemScore.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sweep_requeues_only_stale_pending_runs(monkeypatch):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    enqueued = []
+    monkeypatch.setattr(labeling_services, "_enqueue", enqueued.append)
+    stale, fresh, idle = (text_campaign(n_prompts=1, responses=2) for _ in range(3))
+    long_ago = timezone.now() - labeling_services.PENDING_STALE_AFTER - timedelta(minutes=1)
+    AggregationState.objects.create(campaign=stale, pending=True, requested_at=long_ago)
+    AggregationState.objects.create(campaign=fresh, pending=True, requested_at=timezone.now())
+    AggregationState.objects.create(campaign=idle, pending=False, requested_at=long_ago)
+    assert labeling_services.aggregation_requeue_stale() == [stale.pk]
+    assert enqueued == [stale.pk]
+    assert labeling_services.aggregation_requeue_stale() == []  # its clock was reset

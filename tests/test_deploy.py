@@ -1,0 +1,97 @@
+"""Deployment configuration: the compose file, the Procfile, .env.example and the
+production settings."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def procfile() -> dict[str, str]:
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    return dict(line.split(": ", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+def compose_config() -> dict:
+    """The file as docker-compose itself resolves it (anchors, merges, interpolation)."""
+    result = subprocess.run(
+        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config"],
+        capture_output=True, text=True, env={**os.environ, "SECRET_KEY": "x" * 50}, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def test_compose_file_validates_and_mirrors_the_procfile():
+    config = compose_config()
+    services = config["services"]
+    assert {"db", "redis", "web", "worker", "worker-training", "worker-media", "beat"} <= set(services)
+    for name, command in procfile().items():
+        assert name in services, f"Procfile process {name} has no compose service"
+        got = services[name]["command"]
+        got = " ".join(got) if isinstance(got, list) else got
+        assert got == command, f"{name}: compose runs {got!r}, Procfile {command!r}"
+    for name, service in services.items():
+        assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+    assert "/healthz" in " ".join(services["web"]["healthcheck"]["test"])
+    assert {"pgdata", "media"} <= set(config["volumes"])
+    assert any("pgdata" in str(v) for v in services["db"]["volumes"])
+    for name in ("web", "worker", "worker-training", "worker-media", "beat"):
+        env = services[name]["environment"]
+        assert env["DATABASE_URL"].startswith("postgres://") and env["REDIS_URL"].startswith("redis://")
+        assert any("media" in str(v) for v in services[name]["volumes"])
+    assert "capabilities: [gpu]" in (ROOT / "docker-compose.yml").read_text()  # commented reservation
+
+
+def test_compose_refuses_to_start_without_a_secret_key():
+    env = {k: v for k, v in os.environ.items() if k != "SECRET_KEY"}
+    result = subprocess.run(
+        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert result.returncode != 0 and "SECRET_KEY" in result.stderr
+
+
+def test_env_example_documents_every_setting():
+    names = set(re.findall(r'env(?:\.\w+)?\(\s*"([A-Z_]+)"', (ROOT / "feedback_app/settings.py").read_text()))
+    names |= set(re.findall(r"os\.environ(?:\.get\(|\[)\"([A-Z_]+)\"", (ROOT / "gunicorn.conf.py").read_text()))
+    documented = set(re.findall(r"^#? ?([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.M))
+    assert names and names <= documented, f"undocumented: {sorted(names - documented)}"
+
+
+def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, capture_output=True, text=True,
+        env=env, timeout=120,
+    )
+
+
+PRODUCTION = {
+    "DEBUG": "false",
+    "SECRET_KEY": "k8Jq2-vX9mNw4Lr7TzPa1Yc5Hs3Fd6Gb0Ue8Wi2Ko4Qn7Rt1Mv5Xz9Ly3Bj6Cp0Dh",
+    "ALLOWED_HOSTS": "feedback.example.org",
+    "CSRF_TRUSTED_ORIGINS": "https://feedback.example.org",
+    "HTTPS": "true",
+    "TRUST_X_FORWARDED_PROTO": "true",
+    "SECURE_HSTS_PRELOAD": "true",  # an operator's choice (hard to undo); check --deploy asks for it
+}
+
+
+def test_check_deploy_is_clean_with_production_settings():
+    env = {**os.environ, **PRODUCTION}
+    result = manage("check", "--deploy", "--fail-level", "WARNING", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_check_deploy_flags_an_insecure_setup():
+    env = {**os.environ, **PRODUCTION, "HTTPS": "false", "SECRET_KEY": "short"}
+    result = manage("check", "--deploy", "--fail-level", "WARNING", env=env)
+    assert result.returncode != 0
+    for warning in ("security.W004", "security.W008", "security.W009", "security.W012", "security.W016"):
+        assert warning in result.stderr + result.stdout
