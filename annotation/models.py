@@ -7,10 +7,23 @@ make the database refuse the cascade too.
 
 from __future__ import annotations
 
+import re
+import uuid
+from pathlib import Path
+
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models.functions import Now
+
+
+def clip_upload_to(instance: Item, filename: str) -> str:
+    """A random name that says nothing about the item (no quality, model or gold hints);
+    only the extension is kept, for the content type."""
+    suffix = Path(filename).suffix.lower()
+    if not re.fullmatch(r"\.[a-z0-9]{1,8}", suffix):
+        suffix = ""
+    return f"clips/{uuid.uuid4().hex}{suffix}"
 
 
 class FrozenError(Exception):
@@ -170,7 +183,7 @@ class Item(FrozenWhenJudged):
     episode = models.CharField(max_length=200, blank=True)
     start = models.PositiveIntegerField(null=True, blank=True)
     length = models.PositiveIntegerField(null=True, blank=True)
-    clip = models.FileField(upload_to="clips/", blank=True)
+    clip = models.FileField(upload_to=clip_upload_to, blank=True, max_length=200)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

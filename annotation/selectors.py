@@ -14,7 +14,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, Max, Q, QuerySet
 from django.db.models.functions import Now
 
-from .models import Assignment, Campaign, Judgment, Skip
+from .models import Assignment, Campaign, Item, Judgment, Skip
 
 EXPORT_CHUNK = 2000
 
@@ -44,6 +44,15 @@ def campaign_for(*, user: AbstractBaseUser, slug: str) -> Campaign | None:
     if not getattr(user, "is_staff", False):
         qs = qs.filter(membership__user_id=user.pk)
     return qs.first()
+
+
+def clip_item_for(*, user: AbstractBaseUser, name: str) -> Item | None:
+    """The item whose clip is stored under `name`, if `user` may see it: staff, or a member
+    of the item's campaign."""
+    qs = Item.objects.filter(clip=name)
+    if not getattr(user, "is_staff", False):
+        qs = qs.filter(campaign__membership__user_id=user.pk)
+    return qs.only("id", "clip").first()
 
 
 def assignment_detail(*, assignment_id: int) -> Assignment:

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
+from django.core.files.storage import default_storage
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_GET, require_POST
+
+from feedback_app.ranged import ranged_file_response
 
 from . import selectors, services
 from .errors import CampaignNotActive, Forbidden, ServiceError
@@ -33,7 +37,7 @@ def _campaign(request: HttpRequest, slug: str) -> Campaign:
 def _sides(assignment: Assignment) -> dict[str, Any]:
     pair = assignment.pair
     left, right = (pair.item_a, pair.item_b) if assignment.a_on_left else (pair.item_b, pair.item_a)
-    return {"left": left, "right": right}
+    return {"left": left, "right": right, "sides": [("left", left), ("right", right)]}
 
 
 def _render_pair(
@@ -119,3 +123,16 @@ def renew(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
     except ServiceError as exc:
         return HttpResponse(exc.message, status=200 if request.htmx else exc.status)
     return HttpResponse("")
+
+
+@login_required
+@require_GET
+def media(request: HttpRequest, name: str) -> HttpResponse:
+    """A clip, with Range support, for staff and members of its campaign only."""
+    item = selectors.clip_item_for(user=request.user, name=name)
+    if item is None:
+        raise Http404("No such file, or you may not see it.")
+    return ranged_file_response(
+        request, storage=default_storage, name=item.clip.name,
+        accel_prefix=settings.MEDIA_ACCEL_REDIRECT_PREFIX,
+    )

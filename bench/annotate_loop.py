@@ -1,7 +1,8 @@
 """Load test of the annotation loop through the REST API: lease a pair, judge it, repeat.
 
     .venv/bin/python bench/annotate_loop.py [--concurrency 1,8,32] [--duration 20]
-        [--port 8765] [--workers 2] [--threads 8] [--no-worker] [--json out.json]
+        [--port 8765] [--workers 2] [--threads 8] [--no-worker] [--client httpx|raw]
+        [--json out.json] [--sql "CREATE INDEX ..."]
 
 What it does, all on 127.0.0.1:
   1. drops and recreates the database `feedback_bench`, migrates it, and seeds one active text
@@ -343,29 +344,103 @@ class LevelStats:
             self.error_samples.append(f"{key}: {sample[:300]}")
 
 
+@dataclass
+class Reply:
+    status_code: int
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> dict:
+        return json.loads(self.content)
+
+
+class RawClient:
+    """A minimal keep-alive HTTP/1.1 client on asyncio streams, for --client raw: it costs
+    the load generator a fraction of httpx's CPU, which matters when both share 2 cores.
+    Handles only what this API answers: Content-Length bodies (or none, for 204)."""
+
+    def __init__(self, port: int, token: str, timeout: float = 30) -> None:
+        self.port, self.timeout = port, timeout
+        self.head = f"Host: 127.0.0.1:{port}\r\nAuthorization: Token {token}\r\n"
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, json_body: dict | None = None) -> Reply:
+        return await asyncio.wait_for(self._post(path, json_body), self.timeout)
+
+    async def _post(self, path: str, json_body: dict | None) -> Reply:
+        body = json.dumps(json_body).encode() if json_body is not None else b""
+        ctype = "Content-Type: application/json\r\n" if json_body is not None else ""
+        request = (
+            f"POST {path} HTTP/1.1\r\n{self.head}{ctype}Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        assert self.reader is not None
+        try:
+            self.writer.write(request)
+            head = await self.reader.readuntil(b"\r\n\r\n")
+        except (OSError, asyncio.IncompleteReadError):
+            await self.close()  # the server closed an idle keep-alive connection: retry once
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+            self.writer.write(request)
+            head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = dict(
+            (k.strip().lower(), v.strip()) for k, _, v in (x.partition(":") for x in lines[1:] if x)
+        )
+        length = int(headers.get("content-length", "0"))
+        content = await self.reader.readexactly(length) if length else b""
+        if headers.get("connection", "").lower() == "close":
+            await self.close()
+        return Reply(status, content)
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await self.writer.wait_closed()
+        self.reader = self.writer = None
+
+
+class HttpxClient:
+    def __init__(self, port: int, token: str) -> None:
+        import httpx
+
+        self.client = httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}",
+            headers={"Authorization": f"Token {token}"},
+            timeout=30,
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+        )
+
+    async def post(self, path: str, json_body: dict | None = None) -> Reply:
+        r = await self.client.post(path, json=json_body)
+        return Reply(r.status_code, r.content)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
 async def annotator(
-    token: str,
-    port: int,
+    client: RawClient | HttpxClient,
     slug: str,
     stats: LevelStats,
     measure_from: float,
     stop_at: float,
     seed: int,
 ) -> None:
-    import httpx
-
     rng = random.Random(seed)
-    async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{port}",
-        headers={"Authorization": f"Token {token}"},
-        timeout=30,
-        limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-    ) as client:
+    try:
         while (t0 := time.perf_counter()) < stop_at:
             counted = t0 >= measure_from
             try:
                 r = await client.post(f"/api/v1/campaigns/{slug}/next/")
-            except httpx.HTTPError as exc:
+            except Exception as exc:  # transport errors of either client
                 stats.error("next:" + type(exc).__name__, str(exc))
                 await asyncio.sleep(0.05)
                 continue
@@ -381,9 +456,9 @@ async def annotator(
             try:
                 r = await client.post(
                     f"/api/v1/assignments/{assignment}/judgment/",
-                    json={"choices": rng.choice(CHOICES)},
+                    {"choices": rng.choice(CHOICES)},
                 )
-            except httpx.HTTPError as exc:
+            except Exception as exc:
                 stats.error("submit:" + type(exc).__name__, str(exc))
                 continue
             t2 = time.perf_counter()
@@ -395,6 +470,8 @@ async def annotator(
                 stats.submit_ms.append((t2 - t1) * 1000)
                 stats.loop_ms.append((t2 - t0) * 1000)
                 stats.judgments += 1
+    finally:
+        await client.close()
 
 
 async def run_level(
@@ -404,8 +481,9 @@ async def run_level(
     now = time.perf_counter()
     measure_from = now + args.warmup
     stop_at = measure_from + args.duration
+    make = RawClient if args.client == "raw" else HttpxClient
     tasks = [
-        asyncio.create_task(annotator(tok, args.port, SLUG, stats, measure_from, stop_at, i))
+        asyncio.create_task(annotator(make(args.port, tok), SLUG, stats, measure_from, stop_at, i))
         for i, tok in enumerate(tokens)
     ]
     await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
@@ -502,6 +580,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="do not run a Celery worker (aggregation tasks just queue in Redis)",
     )
+    p.add_argument(
+        "--client",
+        choices=("httpx", "raw"),
+        default="httpx",
+        help="httpx.AsyncClient (default) or a minimal asyncio HTTP/1.1 client that leaves "
+        "more of the CPU to the server",
+    )
     p.add_argument("--prompts", type=int, default=3000, help="prompts to seed")
     p.add_argument(
         "--responses",
@@ -538,7 +623,8 @@ def main(argv: list[str]) -> int:
     print(
         f"gunicorn: gthread, workers={args.workers} threads={args.threads}, keepalive 5 s, "
         f"access log /dev/null, DEBUG=0, CONN_MAX_AGE={env.get('CONN_MAX_AGE', '60')}; "
-        f"celery worker: {'no' if args.no_worker else 'yes (concurrency 1)'}"
+        f"celery worker: {'no' if args.no_worker else 'yes (concurrency 1)'}; "
+        f"client: {args.client}"
     )
 
     t = time.perf_counter()
@@ -633,6 +719,7 @@ def main(argv: list[str]) -> int:
                     "workers": args.workers,
                     "threads": args.threads,
                     "celery_worker": not args.no_worker,
+                    "client": args.client,
                     "duration": args.duration,
                     "warmup": args.warmup,
                     "sql": args.sql,

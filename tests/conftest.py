@@ -46,3 +46,78 @@ def _plain_static_storage(settings):
         **settings.STORAGES,
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     }
+
+
+@pytest.fixture(scope="session")
+def webm_clip(tmp_path_factory):
+    """A 4-second VP8 test-pattern clip, made with the ffmpeg that imageio-ffmpeg ships."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    path = tmp_path_factory.mktemp("clips") / "pattern.webm"
+    subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
+         "-i", "testsrc=duration=4:size=160x120:rate=10", "-c:v", "libvpx", "-b:v", "100k", str(path)],
+        check=True, timeout=120,
+    )
+    return path.read_bytes()
+
+
+@pytest.fixture
+def media_root(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return settings.MEDIA_ROOT
+
+
+@pytest.fixture
+def gunicorn_server(transactional_db, tmp_path, settings, media_root):
+    """gunicorn with DEBUG off and production static/media handling, on the test database.
+
+    Yields (base_url, settings_env). Data written by the test is committed, so the server
+    sees it."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    from django.db import connection
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db = connection.settings_dict
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+        "DEBUG": "false", "HOST": "127.0.0.1", "PORT": str(port), "WEB_CONCURRENCY": "1",
+        "GUNICORN_THREADS": "4", "GUNICORN_ACCESSLOG": "/dev/null",
+        "STATIC_ROOT": str(tmp_path / "static"), "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+        "SECRET_KEY": settings.SECRET_KEY,
+    }
+    root = Path(__file__).resolve().parents[1]
+    bindir = Path(sys.executable).parent
+    subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"], cwd=root, env=env, check=True, timeout=120)
+    log = open(tmp_path / "gunicorn.log", "w")  # noqa: SIM115 - closed in the finally below
+    proc = subprocess.Popen(
+        [str(bindir / "gunicorn"), "feedback_app.wsgi:application", "--config", "gunicorn.conf.py"],
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{base}/healthz", timeout=2)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "gunicorn.log").read_text()
+                time.sleep(0.2)
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+        log.close()

@@ -1,17 +1,11 @@
 """The compare page in headless Chromium: htmx swaps pairs without a reload, keys work, and
 the same page works with JavaScript off."""
 
-import os
-
 import pytest
+from playwright import sync_api as playwright_sync
 
 from annotation.models import Judgment
 from tests.factories import UserFactory, text_campaign
-
-# Playwright's sync API runs an event loop in this thread; the ORM calls here are plain
-# blocking test code, so Django's async-safety guard does not apply.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-from playwright import sync_api as playwright_sync  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [

@@ -58,7 +58,7 @@ def embedded(tmp_path_factory):
     )
     assert seed.returncode == 0, seed.stderr
     tokens = dict(re.findall(r"^\s+\w+\s+(\S+)\s+password \S+\s+API token (\w+)$", seed.stdout, re.M))
-    logs = {name: open(var / f"{name}.log", "w") for name in ("web", "worker")}
+    logs = {name: open(var / f"{name}.log", "w") for name in ("web", "worker")}  # noqa: SIM115
     procs = [
         subprocess.Popen(procfile_command(name), shell=True, cwd=ROOT, env=env,
                          stdout=logs[name], stderr=subprocess.STDOUT, start_new_session=True)
