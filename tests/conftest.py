@@ -70,8 +70,24 @@ def media_root(settings, tmp_path):
     return settings.MEDIA_ROOT
 
 
+@pytest.fixture(scope="session")
+def collected_static(tmp_path_factory):
+    """collectstatic with the production (hashed manifest) storage, once per session."""
+    import os
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("static")
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"],
+        cwd=Path(__file__).resolve().parents[1], env={**os.environ, "STATIC_ROOT": str(root)},
+        check=True, timeout=300,
+    )
+    return root
+
+
 @pytest.fixture
-def gunicorn_server(transactional_db, tmp_path, settings, media_root):
+def gunicorn_server(transactional_db, tmp_path, settings, media_root, collected_static):
     """gunicorn with DEBUG off and production static/media handling, on the test database.
 
     Yields (base_url, settings_env). Data written by the test is committed, so the server
@@ -95,12 +111,11 @@ def gunicorn_server(transactional_db, tmp_path, settings, media_root):
         "DATABASE_URL": f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
         "DEBUG": "false", "HOST": "127.0.0.1", "PORT": str(port), "WEB_CONCURRENCY": "1",
         "GUNICORN_THREADS": "4", "GUNICORN_ACCESSLOG": "/dev/null",
-        "STATIC_ROOT": str(tmp_path / "static"), "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+        "STATIC_ROOT": str(collected_static), "MEDIA_ROOT": str(settings.MEDIA_ROOT),
         "SECRET_KEY": settings.SECRET_KEY,
     }
     root = Path(__file__).resolve().parents[1]
     bindir = Path(sys.executable).parent
-    subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"], cwd=root, env=env, check=True, timeout=120)
     log = open(tmp_path / "gunicorn.log", "w")  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(
         [str(bindir / "gunicorn"), "feedback_app.wsgi:application", "--config", "gunicorn.conf.py"],

@@ -58,14 +58,22 @@ class ItemFactory(factory.django.DjangoModelFactory):
 
 
 def text_campaign(*, n_prompts=4, responses=3, k=3, members=(), criteria=None, **fields):
-    """An active text campaign with every pair of each prompt's responses."""
+    """An active text campaign with every pair of each prompt's responses (bulk-inserted)."""
     campaign = CampaignFactory(judgments_per_pair=k, criteria=criteria, **fields)
-    pairs = []
-    for _ in range(n_prompts):
-        prompt = PromptFactory(campaign=campaign)
-        items = ItemFactory.create_batch(responses, campaign=campaign, prompt=prompt)
-        for a, b in combinations(items, 2):
-            pairs.append(Pair(campaign=campaign, item_a=a, item_b=b))
+    prompts = Prompt.objects.bulk_create(
+        Prompt(campaign=campaign, messages=[{"role": "user", "content": f"Question {n}?"}])
+        for n in range(n_prompts)
+    )
+    items = Item.objects.bulk_create(
+        Item(campaign=campaign, prompt=prompt, content=f"Answer {m} to question {n}.", source="model-x")
+        for n, prompt in enumerate(prompts)
+        for m in range(responses)
+    )
+    pairs = [
+        Pair(campaign=campaign, item_a=a, item_b=b)
+        for n in range(n_prompts)
+        for a, b in combinations(items[n * responses : (n + 1) * responses], 2)
+    ]
     Pair.objects.bulk_create(pairs)
     for user in members:
         services.membership_add(campaign=campaign, user=user)
