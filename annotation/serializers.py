@@ -60,7 +60,9 @@ class SkipInSerializer(serializers.Serializer):
 
 
 def item_payload(item: Item) -> dict:
-    payload = {"id": item.pk, "external_id": item.external_id}
+    """An item as an annotator sees it: no external id, source or metadata, which could
+    hint at quality or origin."""
+    payload: dict = {"id": item.pk}
     if item.prompt_id is not None or item.content:
         payload["content"] = item.content
     else:
