@@ -227,7 +227,9 @@ class Pair(FrozenWhenJudged):
             ),
             models.UniqueConstraint(fields=["item_a", "item_b"], name="pair_unique_items"),
         ]
-        indexes = [models.Index(fields=["campaign", "judgment_count", "id"])]
+        # Matches the lease query's ORDER BY, so it stops at the first free pair instead of
+        # sorting every open pair of the campaign.
+        indexes = [models.Index(fields=["campaign", "-judgment_count", "id"], name="pair_lease_order")]
 
     def __str__(self) -> str:
         return f"pair {self.pk} ({self.item_a_id} vs {self.item_b_id})"
