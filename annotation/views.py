@@ -82,37 +82,45 @@ def _int_or_none(value: str | None) -> int | None:
         return None
 
 
-@login_required
-@require_POST
-def judge(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
+def _act(request: HttpRequest, slug: str, action: Any, notice: str) -> HttpResponse:
+    """Run one service on the annotator's lease, then show the next pair: swapped in by htmx,
+    or after a redirect for a plain form post. A refused action shows why, writing nothing."""
     campaign = _campaign(request, slug)
     try:
-        services.judgment_submit(
-            annotator=request.user,
-            assignment_id=assignment_id,
-            choices=_choices_from_form(request),
-            duration_ms=_int_or_none(request.POST.get("duration_ms")),
-        )
+        action()
     except ServiceError as exc:
         return _render_pair(request, campaign, error=exc)
     if not request.htmx:
         return redirect("annotation:compare", slug=slug)
-    return _render_pair(request, campaign, notice="Saved.")
+    return _render_pair(request, campaign, notice=notice)
+
+
+@login_required
+@require_POST
+def judge(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
+    return _act(
+        request, slug,
+        lambda: services.judgment_submit(
+            annotator=request.user,
+            assignment_id=assignment_id,
+            choices=_choices_from_form(request),
+            duration_ms=_int_or_none(request.POST.get("duration_ms")),
+        ),
+        "Saved.",
+    )
 
 
 @login_required
 @require_POST
 def skip(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
-    campaign = _campaign(request, slug)
-    try:
-        services.skip_create(
-            annotator=request.user, assignment_id=assignment_id, reason=request.POST.get("reason", "")
-        )
-    except ServiceError as exc:
-        return _render_pair(request, campaign, error=exc)
-    if not request.htmx:
-        return redirect("annotation:compare", slug=slug)
-    return _render_pair(request, campaign, notice="Skipped.")
+    return _act(
+        request, slug,
+        lambda: services.skip_create(
+            annotator=request.user, assignment_id=assignment_id,
+            reason=request.POST.get("reason", ""),
+        ),
+        "Skipped.",
+    )
 
 
 @login_required

@@ -115,3 +115,16 @@ def test_responses_are_sanitised(client, annotator):
     assert "<script>alert" not in compare and "onerror" not in compare
     assert "javascript:" not in compare
     assert "<strong>bold</strong>" in compare
+
+
+@pytest.mark.django_db
+def test_the_page_renews_its_lease(client, annotator, page_campaign):
+    client.force_login(annotator)
+    body = client.get(reverse("annotation:compare", args=[page_campaign.slug])).content.decode()
+    lease = Assignment.objects.get()
+    url = reverse("annotation:renew", args=[page_campaign.slug, lease.pk])
+    assert f'hx-post="{url}" hx-trigger="every 60s"' in body
+    r = client.post(url, HTTP_HX_REQUEST="true")
+    assert r.status_code == 200 and r.content == b""
+    renewed = Assignment.objects.get()
+    assert renewed.expires_at > lease.expires_at
