@@ -242,7 +242,9 @@ class JudgmentListView(APIView):
         campaign = _campaign(request, slug)
         after = _int_param(request, "after", 0, low=0, high=2**63 - 1)
         limit = _int_param(request, "limit", 100, low=1, high=1000)
-        rows = selectors.judgments_page(campaign=campaign, viewer=request.user, after=after, limit=limit)
+        rows = selectors.judgments_page(
+            campaign=campaign, viewer=request.user, after=after, limit=limit
+        )
         return Response({"results": rows, "next_after": rows[-1]["id"] if rows else after})
 
 
@@ -281,8 +283,12 @@ class ExportView(APIView):
         else:
             count, top = selectors.export_row_count(campaign=campaign, model=Skip)
             lines = selectors.skip_export_lines(campaign=campaign, up_to_id=top)
-        response = StreamingHttpResponse(_blocks(lines), content_type="application/jsonl; charset=utf-8")
-        response["Content-Disposition"] = f'attachment; filename="{campaign.slug}-{self.what}.jsonl"'
+        response = StreamingHttpResponse(
+            _blocks(lines), content_type="application/jsonl; charset=utf-8"
+        )
+        response["Content-Disposition"] = (
+            f'attachment; filename="{campaign.slug}-{self.what}.jsonl"'
+        )
         response["X-Row-Count"] = str(count)
         response["Cache-Control"] = "no-store"
         return response

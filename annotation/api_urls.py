@@ -4,17 +4,37 @@ from . import api
 
 urlpatterns = [
     path("campaigns/", api.CampaignListView.as_view(), name="campaign-list"),
-    path("campaigns/<slug:slug>/members/", api.CampaignMembersView.as_view(), name="campaign-members"),
+    path(
+        "campaigns/<slug:slug>/members/", api.CampaignMembersView.as_view(), name="campaign-members"
+    ),
     path("campaigns/<slug:slug>/next/", api.NextPairView.as_view(), name="campaign-next"),
     path("campaigns/<slug:slug>/prompts/", api.PromptBulkView.as_view(), name="campaign-prompts"),
     path("campaigns/<slug:slug>/items/", api.ItemBulkView.as_view(), name="campaign-items"),
     path("campaigns/<slug:slug>/pairs/", api.PairBulkView.as_view(), name="campaign-pairs"),
     path("campaigns/<slug:slug>/scores/", api.ScoresView.as_view(), name="campaign-scores"),
     path("campaigns/<slug:slug>/labels/", api.LabelsView.as_view(), name="campaign-labels"),
-    path("campaigns/<slug:slug>/judgments/", api.JudgmentListView.as_view(), name="campaign-judgments"),
-    path("campaigns/<slug:slug>/export/judgments.jsonl", api.ExportView.as_view(), name="campaign-export"),
-    path("campaigns/<slug:slug>/export/skips.jsonl", api.SkipExportView.as_view(), name="campaign-export-skips"),
-    path("assignments/<int:assignment_id>/judgment/", api.JudgmentSubmitView.as_view(), name="assignment-judgment"),
+    path(
+        "campaigns/<slug:slug>/judgments/",
+        api.JudgmentListView.as_view(),
+        name="campaign-judgments",
+    ),
+    path(
+        "campaigns/<slug:slug>/export/judgments.jsonl",
+        api.ExportView.as_view(),
+        name="campaign-export",
+    ),
+    path(
+        "campaigns/<slug:slug>/export/skips.jsonl",
+        api.SkipExportView.as_view(),
+        name="campaign-export-skips",
+    ),
+    path(
+        "assignments/<int:assignment_id>/judgment/",
+        api.JudgmentSubmitView.as_view(),
+        name="assignment-judgment",
+    ),
     path("assignments/<int:assignment_id>/skip/", api.SkipView.as_view(), name="assignment-skip"),
-    path("assignments/<int:assignment_id>/renew/", api.RenewView.as_view(), name="assignment-renew"),
+    path(
+        "assignments/<int:assignment_id>/renew/", api.RenewView.as_view(), name="assignment-renew"
+    ),
 ]

@@ -67,7 +67,8 @@ class Campaign(models.Model):
         max_length=10, choices=BothBad.choices, default=BothBad.TIE
     )
     l2_prior = models.FloatField(
-        default=0.1, validators=[MinValueValidator(0.0)],
+        default=0.1,
+        validators=[MinValueValidator(0.0)],
         help_text="Strength of the Gaussian prior on Bradley-Terry scores.",
     )
     members = models.ManyToManyField(
@@ -229,7 +230,9 @@ class Pair(FrozenWhenJudged):
         ]
         # Matches the lease query's ORDER BY, so it stops at the first free pair instead of
         # sorting every open pair of the campaign.
-        indexes = [models.Index(fields=["campaign", "-judgment_count", "id"], name="pair_lease_order")]
+        indexes = [
+            models.Index(fields=["campaign", "-judgment_count", "id"], name="pair_lease_order")
+        ]
 
     def __str__(self) -> str:
         return f"pair {self.pk} ({self.item_a_id} vs {self.item_b_id})"

@@ -30,8 +30,10 @@ def annotator_pseudonym(user_id: int) -> str:
 def campaign_list_for(*, user: AbstractBaseUser) -> QuerySet[Campaign]:
     """Campaigns the user may see: all for staff, the ones they are a member of otherwise;
     annotated with the user's own judgment count and the number of pairs."""
-    qs = Campaign.objects.all() if getattr(user, "is_staff", False) else Campaign.objects.filter(
-        membership__user_id=user.pk
+    qs = (
+        Campaign.objects.all()
+        if getattr(user, "is_staff", False)
+        else Campaign.objects.filter(membership__user_id=user.pk)
     )
     return qs.annotate(
         pair_total=Count("pairs", distinct=True),
@@ -80,8 +82,16 @@ def judgments_page(
         qs = qs.filter(annotator_id=viewer.pk)
     rows = list(
         qs.order_by("id").values(
-            "id", "pair_id", "pair__item_a_id", "pair__item_b_id", "annotator_id", "choices",
-            "shown_left_id", "duration_ms", "status", "created_at",
+            "id",
+            "pair_id",
+            "pair__item_a_id",
+            "pair__item_b_id",
+            "annotator_id",
+            "choices",
+            "shown_left_id",
+            "duration_ms",
+            "status",
+            "created_at",
         )[:limit]
     )
     return [
@@ -107,7 +117,9 @@ def _item_fields(kind: str) -> tuple[str, ...]:
     return ("id", "external_id", "source", "dataset", "episode", "start", "length", "clip")
 
 
-def export_row_count(*, campaign: Campaign, model: type[Judgment] | type[Skip] = Judgment) -> tuple[int, int]:
+def export_row_count(
+    *, campaign: Campaign, model: type[Judgment] | type[Skip] = Judgment
+) -> tuple[int, int]:
     """(count, max id) fixing what an export will contain, taken before streaming starts."""
     agg = model.objects.filter(campaign=campaign).aggregate(n=Count("id"), top=Max("id"))
     return agg["n"], agg["top"] or 0
@@ -118,8 +130,18 @@ def judgment_export_lines(*, campaign: Campaign, up_to_id: int) -> Iterator[str]
     memory stays flat however many there are."""
     item_fields = _item_fields(campaign.kind)
     columns = (
-        ["id", "pair_id", "annotator_id", "choices", "shown_left_id", "duration_ms", "status",
-         "created_at", "pair__item_a__prompt__messages", "pair__item_a__prompt__external_id"]
+        [
+            "id",
+            "pair_id",
+            "annotator_id",
+            "choices",
+            "shown_left_id",
+            "duration_ms",
+            "status",
+            "created_at",
+            "pair__item_a__prompt__messages",
+            "pair__item_a__prompt__external_id",
+        ]
         + [f"pair__item_a__{f}" for f in item_fields]
         + [f"pair__item_b__{f}" for f in item_fields]
     )
@@ -160,19 +182,32 @@ def skip_export_lines(*, campaign: Campaign, up_to_id: int) -> Iterator[str]:
     qs = (
         Skip.objects.filter(campaign=campaign, id__lte=up_to_id)
         .order_by("id")
-        .values_list("id", "pair_id", "pair__item_a_id", "pair__item_b_id", "annotator_id", "reason", "created_at")
+        .values_list(
+            "id",
+            "pair_id",
+            "pair__item_a_id",
+            "pair__item_b_id",
+            "annotator_id",
+            "reason",
+            "created_at",
+        )
     )
-    for sid, pair_id, a, b, annotator_id, reason, created_at in qs.iterator(chunk_size=EXPORT_CHUNK):
-        yield json.dumps(
-            {
-                "skip_id": sid,
-                "campaign": campaign.slug,
-                "pair_id": pair_id,
-                "item_a": a,
-                "item_b": b,
-                "annotator": annotator_pseudonym(annotator_id),
-                "reason": reason,
-                "created_at": created_at.isoformat(),
-            },
-            ensure_ascii=False,
-        ) + "\n"
+    for sid, pair_id, a, b, annotator_id, reason, created_at in qs.iterator(
+        chunk_size=EXPORT_CHUNK
+    ):
+        yield (
+            json.dumps(
+                {
+                    "skip_id": sid,
+                    "campaign": campaign.slug,
+                    "pair_id": pair_id,
+                    "item_a": a,
+                    "item_b": b,
+                    "annotator": annotator_pseudonym(annotator_id),
+                    "reason": reason,
+                    "created_at": created_at.isoformat(),
+                },
+                ensure_ascii=False,
+            )
+            + "\n"
+        )

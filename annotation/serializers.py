@@ -16,8 +16,18 @@ class CampaignSerializer(serializers.ModelSerializer):
     class Meta:
         model = Campaign
         fields = [
-            "id", "name", "slug", "kind", "instructions", "judgments_per_pair", "lease_seconds",
-            "status", "both_bad_counts_as", "l2_prior", "criteria", "created_at",
+            "id",
+            "name",
+            "slug",
+            "kind",
+            "instructions",
+            "judgments_per_pair",
+            "lease_seconds",
+            "status",
+            "both_bad_counts_as",
+            "l2_prior",
+            "criteria",
+            "created_at",
         ]
         read_only_fields = ["id", "created_at"]
 
@@ -37,7 +47,9 @@ class CampaignSerializer(serializers.ModelSerializer):
 
 
 class MembersInSerializer(serializers.Serializer):
-    usernames = serializers.ListField(child=serializers.CharField(), allow_empty=False, max_length=10_000)
+    usernames = serializers.ListField(
+        child=serializers.CharField(), allow_empty=False, max_length=10_000
+    )
 
     def validate_usernames(self, value):
         users = {u.username: u for u in get_user_model().objects.filter(username__in=value)}
@@ -67,7 +79,10 @@ def item_payload(item: Item) -> dict:
         payload["content"] = item.content
     else:
         payload.update(
-            dataset=item.dataset, episode=item.episode, start=item.start, length=item.length,
+            dataset=item.dataset,
+            episode=item.episode,
+            start=item.start,
+            length=item.length,
             clip=item.clip.url if item.clip else None,
         )
     return payload

@@ -100,7 +100,9 @@ def assignment_lease_next(*, annotator: AbstractBaseUser, campaign: Campaign) ->
         )
         candidates = (
             Pair.objects.filter(campaign=campaign, judgment_count__lt=k)
-            .exclude(Exists(Judgment.objects.filter(pair_id=OuterRef("pk"), annotator_id=annotator.pk)))
+            .exclude(
+                Exists(Judgment.objects.filter(pair_id=OuterRef("pk"), annotator_id=annotator.pk))
+            )
             .exclude(Exists(Skip.objects.filter(pair_id=OuterRef("pk"), annotator_id=annotator.pk)))
             .annotate(leases=Coalesce(Subquery(live, output_field=IntegerField()), Value(0)))
             .filter(judgment_count__lt=k - F("leases"))
@@ -141,9 +143,7 @@ def _assignment_for(*, annotator: AbstractBaseUser, assignment_id: Any) -> Assig
     return assignment
 
 
-def choices_canonical(
-    *, criteria: list[str], raw: Any, a_on_left: bool
-) -> dict[str, str]:
+def choices_canonical(*, criteria: list[str], raw: Any, a_on_left: bool) -> dict[str, str]:
     """Validate an annotator's answer and turn "left"/"right" into "a"/"b"."""
     if isinstance(raw, str) and len(criteria) == 1:
         raw = {criteria[0]: raw}
@@ -205,8 +205,12 @@ def judgment_submit(
     try:
         with transaction.atomic():
             judgment = _judgment_write(
-                annotator=annotator, assignment=assignment, campaign=campaign,
-                canonical=canonical, duration_ms=duration_ms, now=now,
+                annotator=annotator,
+                assignment=assignment,
+                campaign=campaign,
+                canonical=canonical,
+                duration_ms=duration_ms,
+                now=now,
             )
     except IntegrityError:
         # The unique (pair, annotator) constraint is the backstop for a judgment made
@@ -225,14 +229,21 @@ def judgment_submit(
 
 
 def _judgment_write(
-    *, annotator: AbstractBaseUser, assignment: Assignment, campaign: Campaign,
-    canonical: dict[str, str], duration_ms: int | None, now: Any,
+    *,
+    annotator: AbstractBaseUser,
+    assignment: Assignment,
+    campaign: Campaign,
+    canonical: dict[str, str],
+    duration_ms: int | None,
+    now: Any,
 ) -> Judgment:
     """Call inside a transaction. Takes the pair's row lock, which serialises every
     slot-taking operation on the pair (see the module docstring)."""
-    pair = Pair.objects.select_for_update().only(
-        "id", "item_a_id", "item_b_id", "judgment_count"
-    ).get(pk=assignment.pair_id)
+    pair = (
+        Pair.objects.select_for_update()
+        .only("id", "item_a_id", "item_b_id", "judgment_count")
+        .get(pk=assignment.pair_id)
+    )
     existing = (
         Judgment.objects.filter(pair_id=pair.pk, annotator_id=annotator.pk)
         .values_list("id", flat=True)
@@ -295,12 +306,16 @@ def assignment_renew(*, annotator: AbstractBaseUser, assignment_id: Any) -> Assi
     assignment = _assignment_for(annotator=annotator, assignment_id=assignment_id)
     campaign = assignment.campaign
     if assignment.status != Assignment.Status.OPEN:
-        raise ServiceError(f"This lease is {assignment.status}; nothing to renew.", field="assignment")
+        raise ServiceError(
+            f"This lease is {assignment.status}; nothing to renew.", field="assignment"
+        )
     now = timezone.now()
     with transaction.atomic():
         if assignment.expires_at <= now:
-            pair = Pair.objects.select_for_update().only("id", "judgment_count").get(
-                pk=assignment.pair_id
+            pair = (
+                Pair.objects.select_for_update()
+                .only("id", "judgment_count")
+                .get(pk=assignment.pair_id)
             )
             if not _has_free_slot(
                 pair=pair, k=campaign.judgments_per_pair, now=now, annotator_id=annotator.pk
@@ -438,7 +453,9 @@ def _resolver(model: Any, campaign: Campaign, refs: list[Any]) -> dict[Any, Any]
     found: dict[Any, Any] = {}
     from django.db.models import Q
 
-    for row in model.objects.filter(Q(campaign=campaign) & (Q(id__in=ids) | Q(external_id__in=exts))).values(*fields):
+    for row in model.objects.filter(
+        Q(campaign=campaign) & (Q(id__in=ids) | Q(external_id__in=exts))
+    ).values(*fields):
         found[row["id"]] = row
         if row["external_id"]:
             found[row["external_id"]] = row
@@ -489,11 +506,11 @@ def items_bulk_create(*, campaign: Campaign, rows: Any) -> list[Any]:
         if is_text:
             ref = row.get("prompt")
             if ref is None:
-                raise ServiceError("A text item needs the prompt it answers.", field=f"{where}.prompt")
-            if ref not in prompts:
                 raise ServiceError(
-                    f"No prompt {ref!r} in this campaign.", field=f"{where}.prompt"
+                    "A text item needs the prompt it answers.", field=f"{where}.prompt"
                 )
+            if ref not in prompts:
+                raise ServiceError(f"No prompt {ref!r} in this campaign.", field=f"{where}.prompt")
             content = row.get("content")
             if not isinstance(content, str) or not content.strip():
                 raise ServiceError("content must be a non-empty string.", field=f"{where}.content")
@@ -505,7 +522,9 @@ def items_bulk_create(*, campaign: Campaign, rows: Any) -> list[Any]:
             for key in ("start", "length"):
                 value = row.get(key)
                 if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                    raise ServiceError(f"{key} must be a non-negative integer.", field=f"{where}.{key}")
+                    raise ServiceError(
+                        f"{key} must be a non-negative integer.", field=f"{where}.{key}"
+                    )
                 setattr(item, key, value)
             if not item.length:
                 raise ServiceError("length must be positive.", field=f"{where}.length")
@@ -529,7 +548,9 @@ def pairs_bulk_create(*, campaign: Campaign, rows: Any) -> list[Pair]:
         for key in ("item_a", "item_b"):
             ref = row.get(key)
             if ref is None:
-                raise ServiceError(f"{key} is required (an item id or external_id).", field=f"{where}.{key}")
+                raise ServiceError(
+                    f"{key} is required (an item id or external_id).", field=f"{where}.{key}"
+                )
             if ref not in items:
                 raise ServiceError(f"No item {ref!r} in this campaign.", field=f"{where}.{key}")
             resolved.append(items[ref])
@@ -537,7 +558,9 @@ def pairs_bulk_create(*, campaign: Campaign, rows: Any) -> list[Pair]:
         if first["id"] == second["id"]:
             raise ServiceError("A pair needs two different items.", field=where)
         if campaign.kind == Campaign.Kind.TEXT and first["prompt_id"] != second["prompt_id"]:
-            raise ServiceError("Both items of a text pair must answer the same prompt.", field=where)
+            raise ServiceError(
+                "Both items of a text pair must answer the same prompt.", field=where
+            )
         key = (first["id"], second["id"])
         if key in seen:
             raise ServiceError(f"The same pair as row {seen[key]}.", field=where)
@@ -548,6 +571,8 @@ def pairs_bulk_create(*, campaign: Campaign, rows: Any) -> list[Pair]:
     ).values_list("item_a_id", "item_b_id")
     for key in existing:
         if key in seen:
-            raise ServiceError("This pair already exists in the campaign.", field=f"rows[{seen[key]}]")
+            raise ServiceError(
+                "This pair already exists in the campaign.", field=f"rows[{seen[key]}]"
+            )
     with transaction.atomic():
         return Pair.objects.bulk_create(objs, batch_size=1000)

@@ -99,7 +99,8 @@ def _act(request: HttpRequest, slug: str, action: Any, notice: str) -> HttpRespo
 @require_POST
 def judge(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
     return _act(
-        request, slug,
+        request,
+        slug,
         lambda: services.judgment_submit(
             annotator=request.user,
             assignment_id=assignment_id,
@@ -114,9 +115,11 @@ def judge(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
 @require_POST
 def skip(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
     return _act(
-        request, slug,
+        request,
+        slug,
         lambda: services.skip_create(
-            annotator=request.user, assignment_id=assignment_id,
+            annotator=request.user,
+            assignment_id=assignment_id,
             reason=request.POST.get("reason", ""),
         ),
         "Skipped.",
@@ -141,6 +144,8 @@ def media(request: HttpRequest, name: str) -> HttpResponse:
     if item is None:
         raise Http404("No such file, or you may not see it.")
     return ranged_file_response(
-        request, storage=default_storage, name=item.clip.name,
+        request,
+        storage=default_storage,
+        name=item.clip.name,
         accel_prefix=settings.MEDIA_ACCEL_REDIRECT_PREFIX,
     )

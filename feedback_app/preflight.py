@@ -70,7 +70,9 @@ def check(*, create_db: bool = False, require_servers: bool = False) -> list[str
 
 
 def main() -> int:
-    problems = check(create_db="--create-db" in sys.argv, require_servers="--require-servers" in sys.argv)
+    problems = check(
+        create_db="--create-db" in sys.argv, require_servers="--require-servers" in sys.argv
+    )
     for problem in problems:
         print(problem, file=sys.stderr)
     return 2 if problems else 0

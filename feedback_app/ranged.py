@@ -76,8 +76,12 @@ def ranged_file_response(
         return response
     start, end = byte_range if byte_range else (0, size - 1)
     length = max(0, end - start + 1)
-    body: Iterator[bytes] = iter(()) if request.method == "HEAD" else _read(storage.open(name, "rb"), start, length)
-    response = StreamingHttpResponse(body, content_type=content_type, status=206 if byte_range else 200)
+    body: Iterator[bytes] = (
+        iter(()) if request.method == "HEAD" else _read(storage.open(name, "rb"), start, length)
+    )
+    response = StreamingHttpResponse(
+        body, content_type=content_type, status=206 if byte_range else 200
+    )
     response["Content-Length"] = str(length)
     response["Accept-Ranges"] = "bytes"
     if byte_range:

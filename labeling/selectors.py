@@ -21,7 +21,9 @@ def aggregation_inputs(*, campaign: Campaign) -> AggregationInputs:
     """Everything one aggregation run reads, in three queries (one statement each, so each
     sees a consistent snapshot)."""
     return AggregationInputs(
-        item_ids=list(Item.objects.filter(campaign=campaign).order_by("id").values_list("id", flat=True)),
+        item_ids=list(
+            Item.objects.filter(campaign=campaign).order_by("id").values_list("id", flat=True)
+        ),
         criteria=list(campaign.criteria.values_list("id", "slug")),
         judgments=list(
             Judgment.objects.filter(campaign=campaign, status=Judgment.Status.ACTIVE)

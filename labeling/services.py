@@ -157,7 +157,9 @@ def aggregation_run(*, campaign_id: int) -> bool:
         )
         unique_pairs, inverse = np.unique(pair_ids, return_inverse=True)
         counts = np.bincount(inverse, minlength=len(unique_pairs))
-        prefer_a = np.bincount(inverse, weights=outcome, minlength=len(unique_pairs)) / np.maximum(counts, 1)
+        prefer_a = np.bincount(inverse, weights=outcome, minlength=len(unique_pairs)) / np.maximum(
+            counts, 1
+        )
         labels.extend(
             PairLabel(
                 pair_id=int(pair_id),

@@ -57,9 +57,24 @@ def webm_clip(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("clips") / "pattern.webm"
     subprocess.run(
-        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
-         "-i", "testsrc=duration=4:size=160x120:rate=10", "-c:v", "libvpx", "-b:v", "100k", str(path)],
-        check=True, timeout=120,
+        [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=duration=4:size=160x120:rate=10",
+            "-c:v",
+            "libvpx",
+            "-b:v",
+            "100k",
+            str(path),
+        ],
+        check=True,
+        timeout=120,
     )
     return path.read_bytes()
 
@@ -80,8 +95,10 @@ def collected_static(tmp_path_factory):
     root = tmp_path_factory.mktemp("static")
     subprocess.run(
         [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"],
-        cwd=Path(__file__).resolve().parents[1], env={**os.environ, "STATIC_ROOT": str(root)},
-        check=True, timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "STATIC_ROOT": str(root)},
+        check=True,
+        timeout=300,
     )
     return root
 
@@ -109,9 +126,14 @@ def gunicorn_server(transactional_db, tmp_path, settings, media_root, collected_
     env = {
         **os.environ,
         "DATABASE_URL": f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
-        "DEBUG": "false", "HOST": "127.0.0.1", "PORT": str(port), "WEB_CONCURRENCY": "1",
-        "GUNICORN_THREADS": "4", "GUNICORN_ACCESSLOG": "/dev/null",
-        "STATIC_ROOT": str(collected_static), "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+        "DEBUG": "false",
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "WEB_CONCURRENCY": "1",
+        "GUNICORN_THREADS": "4",
+        "GUNICORN_ACCESSLOG": "/dev/null",
+        "STATIC_ROOT": str(collected_static),
+        "MEDIA_ROOT": str(settings.MEDIA_ROOT),
         "SECRET_KEY": settings.SECRET_KEY,
     }
     root = Path(__file__).resolve().parents[1]
@@ -119,7 +141,11 @@ def gunicorn_server(transactional_db, tmp_path, settings, media_root, collected_
     log = open(tmp_path / "gunicorn.log", "w")  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(
         [str(bindir / "gunicorn"), "feedback_app.wsgi:application", "--config", "gunicorn.conf.py"],
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -129,7 +155,9 @@ def gunicorn_server(transactional_db, tmp_path, settings, media_root, collected_
                 httpx.get(f"{base}/healthz", timeout=2)
                 break
             except httpx.TransportError:
-                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "gunicorn.log").read_text()
+                assert proc.poll() is None and time.monotonic() < deadline, (
+                    tmp_path / "gunicorn.log"
+                ).read_text()
                 time.sleep(0.2)
         yield base
     finally:

@@ -65,7 +65,12 @@ def text_campaign(*, n_prompts=4, responses=3, k=3, members=(), criteria=None, *
         for n in range(n_prompts)
     )
     items = Item.objects.bulk_create(
-        Item(campaign=campaign, prompt=prompt, content=f"Answer {m} to question {n}.", source="model-x")
+        Item(
+            campaign=campaign,
+            prompt=prompt,
+            content=f"Answer {m} to question {n}.",
+            source="model-x",
+        )
         for n, prompt in enumerate(prompts)
         for m in range(responses)
     )

@@ -21,7 +21,10 @@ def compose_config() -> dict:
     """The file as docker-compose itself resolves it (anchors, merges, interpolation)."""
     result = subprocess.run(
         ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config"],
-        capture_output=True, text=True, env={**os.environ, "SECRET_KEY": "x" * 50}, timeout=60,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SECRET_KEY": "x" * 50},
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)
@@ -30,7 +33,9 @@ def compose_config() -> dict:
 def test_compose_file_validates_and_mirrors_the_procfile():
     config = compose_config()
     services = config["services"]
-    assert {"db", "redis", "web", "worker", "worker-training", "worker-media", "beat"} <= set(services)
+    assert {"db", "redis", "web", "worker", "worker-training", "worker-media", "beat"} <= set(
+        services
+    )
     for name, command in procfile().items():
         assert name in services, f"Procfile process {name} has no compose service"
         got = services[name]["command"]
@@ -43,31 +48,50 @@ def test_compose_file_validates_and_mirrors_the_procfile():
     assert any("pgdata" in str(v) for v in services["db"]["volumes"])
     for name in ("web", "worker", "worker-training", "worker-media", "beat"):
         env = services[name]["environment"]
-        assert env["DATABASE_URL"].startswith("postgres://") and env["REDIS_URL"].startswith("redis://")
+        assert env["DATABASE_URL"].startswith("postgres://") and env["REDIS_URL"].startswith(
+            "redis://"
+        )
         assert any("media" in str(v) for v in services[name]["volumes"])
-    assert "capabilities: [gpu]" in (ROOT / "docker-compose.yml").read_text()  # commented reservation
+    assert (
+        "capabilities: [gpu]" in (ROOT / "docker-compose.yml").read_text()
+    )  # commented reservation
 
 
 def test_compose_refuses_to_start_without_a_secret_key():
     env = {k: v for k, v in os.environ.items() if k != "SECRET_KEY"}
     result = subprocess.run(
         ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
-        capture_output=True, text=True, env=env, timeout=60,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
     assert result.returncode != 0 and "SECRET_KEY" in result.stderr
 
 
 def test_env_example_documents_every_setting():
-    names = set(re.findall(r'env(?:\.\w+)?\(\s*"([A-Z_]+)"', (ROOT / "feedback_app/settings.py").read_text()))
-    names |= set(re.findall(r"os\.environ(?:\.get\(|\[)\"([A-Z_]+)\"", (ROOT / "gunicorn.conf.py").read_text()))
+    names = set(
+        re.findall(
+            r'env(?:\.\w+)?\(\s*"([A-Z_]+)"', (ROOT / "feedback_app/settings.py").read_text()
+        )
+    )
+    names |= set(
+        re.findall(
+            r"os\.environ(?:\.get\(|\[)\"([A-Z_]+)\"", (ROOT / "gunicorn.conf.py").read_text()
+        )
+    )
     documented = set(re.findall(r"^#? ?([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.M))
     assert names and names <= documented, f"undocumented: {sorted(names - documented)}"
 
 
 def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, capture_output=True, text=True,
-        env=env, timeout=120,
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
 
 
@@ -93,5 +117,11 @@ def test_check_deploy_flags_an_insecure_setup():
     env = {**os.environ, **PRODUCTION, "HTTPS": "false", "SECRET_KEY": "short"}
     result = manage("check", "--deploy", "--fail-level", "WARNING", env=env)
     assert result.returncode != 0
-    for warning in ("security.W004", "security.W008", "security.W009", "security.W012", "security.W016"):
+    for warning in (
+        "security.W004",
+        "security.W008",
+        "security.W009",
+        "security.W012",
+        "security.W016",
+    ):
         assert warning in result.stderr + result.stdout

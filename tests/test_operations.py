@@ -19,11 +19,16 @@ def test_request_ids_are_echoed_or_made(client):
     assert r["X-Request-ID"] == "trace-42"
     made = client.get("/healthz")["X-Request-ID"]
     assert len(made) == 32 and made != client.get("/healthz")["X-Request-ID"]
-    assert client.get("/healthz", HTTP_X_REQUEST_ID="bad id\nwith newline")["X-Request-ID"] != "bad id\nwith newline"
+    assert (
+        client.get("/healthz", HTTP_X_REQUEST_ID="bad id\nwith newline")["X-Request-ID"]
+        != "bad id\nwith newline"
+    )
 
 
 def test_json_log_lines_carry_the_request_id():
-    record = logging.LogRecord("annotation", logging.WARNING, __file__, 1, "lease %s lost", (7,), None)
+    record = logging.LogRecord(
+        "annotation", logging.WARNING, __file__, 1, "lease %s lost", (7,), None
+    )
     token = request_id.set("trace-42")
     try:
         RequestIdFilter().filter(record)
@@ -48,9 +53,12 @@ def test_a_cut_export_stream_is_detected_by_the_client(gunicorn_server, client):
         assert int(r.headers["x-row-count"]) == total == lines
         assert r.headers["transfer-encoding"] == "chunked" and "content-length" not in r.headers
 
-    with pytest.raises(httpx.RemoteProtocolError), httpx.stream("GET", url, cookies=cookies, timeout=30) as r:
+    with (
+        pytest.raises(httpx.RemoteProtocolError),
+        httpx.stream("GET", url, cookies=cookies, timeout=30) as r,
+    ):
         received = 0
-        for line in r.iter_lines():
+        for _line in r.iter_lines():
             received += 1
             if received == 10:
                 # The database goes away mid-export: the server's cursor dies with it.

@@ -23,10 +23,18 @@ def test_annotator_loop_over_the_api(api):
     assert lease["prompt"][0]["role"] == "user"
     assert {lease["left"]["id"], lease["right"]["id"]} == {lease["item_a"], lease["item_b"]}
     assert set(lease["left"]) == {"id", "content"}  # no source, external id or metadata
-    r = api.post(f"/api/v1/assignments/{lease['assignment']}/judgment/", {"choices": {"overall": "left"}}, format="json")
+    r = api.post(
+        f"/api/v1/assignments/{lease['assignment']}/judgment/",
+        {"choices": {"overall": "left"}},
+        format="json",
+    )
     assert r.status_code == 201
-    assert r.json()["choices"] == {"overall": "a" if lease["left"]["id"] == lease["item_a"] else "b"}
-    dup = api.post(f"/api/v1/assignments/{lease['assignment']}/judgment/", {"choices": "right"}, format="json")
+    assert r.json()["choices"] == {
+        "overall": "a" if lease["left"]["id"] == lease["item_a"] else "b"
+    }
+    dup = api.post(
+        f"/api/v1/assignments/{lease['assignment']}/judgment/", {"choices": "right"}, format="json"
+    )
     assert dup.status_code == 409 and dup.json()["judgment_id"] == r.json()["judgment"]
     assert api.post(f"/api/v1/campaigns/{campaign.slug}/next/").status_code == 204
 
@@ -36,11 +44,21 @@ def test_foreign_lease_and_bad_choice_get_clear_errors(api):
     a, b = UserFactory.create_batch(2)
     campaign = text_campaign(n_prompts=1, responses=2, k=2, members=[a, b])
     lease = as_user(api, a).post(f"/api/v1/campaigns/{campaign.slug}/next/").json()
-    r = as_user(api, b).post(f"/api/v1/assignments/{lease['assignment']}/judgment/", {"choices": "left"}, format="json")
+    r = as_user(api, b).post(
+        f"/api/v1/assignments/{lease['assignment']}/judgment/", {"choices": "left"}, format="json"
+    )
     assert r.status_code == 403 and "another annotator" in r.json()["detail"]
-    r = as_user(api, a).post(f"/api/v1/assignments/{lease['assignment']}/judgment/", {"choices": {"overall": "up"}}, format="json")
+    r = as_user(api, a).post(
+        f"/api/v1/assignments/{lease['assignment']}/judgment/",
+        {"choices": {"overall": "up"}},
+        format="json",
+    )
     assert r.status_code == 400 and r.json()["field"] == "choices.overall"
-    r = api.post(f"/api/v1/assignments/{lease['assignment']}/judgment/", data="{not json", content_type="application/json")
+    r = api.post(
+        f"/api/v1/assignments/{lease['assignment']}/judgment/",
+        data="{not json",
+        content_type="application/json",
+    )
     assert r.status_code == 400 and r.json()["error"] == "malformed_json"
     r = api.post("/api/v1/assignments/999999/judgment/", {"choices": "left"}, format="json")
     assert r.status_code == 404 and r.json()["field"] == "assignment"
@@ -50,23 +68,51 @@ def test_foreign_lease_and_bad_choice_get_clear_errors(api):
 @pytest.mark.django_db
 def test_staff_builds_a_campaign_from_json(api, staff):
     as_user(api, staff)
-    r = api.post("/api/v1/campaigns/", {"name": "Helpfulness", "slug": "helpful", "status": "active",
-                                         "criteria": [{"slug": "helpful"}, {"slug": "harmless"}]}, format="json")
+    r = api.post(
+        "/api/v1/campaigns/",
+        {
+            "name": "Helpfulness",
+            "slug": "helpful",
+            "status": "active",
+            "criteria": [{"slug": "helpful"}, {"slug": "harmless"}],
+        },
+        format="json",
+    )
     assert r.status_code == 201, r.json()
     assert [c["slug"] for c in r.json()["criteria"]] == ["helpful", "harmless"]
-    r = api.post("/api/v1/campaigns/helpful/prompts/", [
-        {"external_id": "q1", "prompt": "What is 2+2?"},
-        {"external_id": "q2", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]},
-    ], format="json")
+    r = api.post(
+        "/api/v1/campaigns/helpful/prompts/",
+        [
+            {"external_id": "q1", "prompt": "What is 2+2?"},
+            {
+                "external_id": "q2",
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Hi"},
+                ],
+            },
+        ],
+        format="json",
+    )
     assert r.status_code == 201 and r.json()["created"] == 2
-    assert Prompt.objects.get(external_id="q1").messages == [{"role": "user", "content": "What is 2+2?"}]
-    r = api.post("/api/v1/campaigns/helpful/items/", {"rows": [
-        {"external_id": "q1-a", "prompt": "q1", "content": "4", "source": "m1"},
-        {"external_id": "q1-b", "prompt": "q1", "content": "5", "source": "m2"},
-        {"external_id": "q2-a", "prompt": "q2", "content": "Hello"},
-    ]}, format="json")
+    assert Prompt.objects.get(external_id="q1").messages == [
+        {"role": "user", "content": "What is 2+2?"}
+    ]
+    r = api.post(
+        "/api/v1/campaigns/helpful/items/",
+        {
+            "rows": [
+                {"external_id": "q1-a", "prompt": "q1", "content": "4", "source": "m1"},
+                {"external_id": "q1-b", "prompt": "q1", "content": "5", "source": "m2"},
+                {"external_id": "q2-a", "prompt": "q2", "content": "Hello"},
+            ]
+        },
+        format="json",
+    )
     assert r.status_code == 201
-    r = api.post("/api/v1/campaigns/helpful/pairs/", [{"item_a": "q1-b", "item_b": "q1-a"}], format="json")
+    r = api.post(
+        "/api/v1/campaigns/helpful/pairs/", [{"item_a": "q1-b", "item_b": "q1-a"}], format="json"
+    )
     assert r.status_code == 201
     pair = Pair.objects.get()
     assert pair.item_a.external_id == "q1-a"  # canonical order by id
@@ -82,20 +128,45 @@ def test_bulk_import_is_atomic_and_names_the_bad_row(api, staff):
     campaign = text_campaign(n_prompts=1, responses=2)
     as_user(api, staff)
     prompt = Prompt.objects.get()
-    rows = [{"prompt": prompt.pk, "content": "fine"}, {"prompt": prompt.pk, "content": "ok"},
-            {"prompt": "missing-prompt", "content": "bad"}]
+    rows = [
+        {"prompt": prompt.pk, "content": "fine"},
+        {"prompt": prompt.pk, "content": "ok"},
+        {"prompt": "missing-prompt", "content": "bad"},
+    ]
     before = Item.objects.count()
     r = api.post(f"/api/v1/campaigns/{campaign.slug}/items/", rows, format="json")
     assert r.status_code == 400
     assert r.json()["field"] == "rows[2].prompt" and "missing-prompt" in r.json()["detail"]
     assert Item.objects.count() == before
     items = list(Item.objects.all())
-    other_prompt_item = Item.objects.create(campaign=campaign, prompt=Prompt.objects.create(campaign=campaign, messages=[{"role": "user", "content": "x"}]), content="y")
-    r = api.post(f"/api/v1/campaigns/{campaign.slug}/pairs/", [{"item_a": items[0].pk, "item_b": other_prompt_item.pk}], format="json")
-    assert r.status_code == 400 and r.json()["field"] == "rows[0]" and "same prompt" in r.json()["detail"]
-    r = api.post(f"/api/v1/campaigns/{campaign.slug}/pairs/", [{"item_a": items[0].pk, "item_b": items[1].pk}], format="json")
+    other_prompt_item = Item.objects.create(
+        campaign=campaign,
+        prompt=Prompt.objects.create(
+            campaign=campaign, messages=[{"role": "user", "content": "x"}]
+        ),
+        content="y",
+    )
+    r = api.post(
+        f"/api/v1/campaigns/{campaign.slug}/pairs/",
+        [{"item_a": items[0].pk, "item_b": other_prompt_item.pk}],
+        format="json",
+    )
+    assert (
+        r.status_code == 400
+        and r.json()["field"] == "rows[0]"
+        and "same prompt" in r.json()["detail"]
+    )
+    r = api.post(
+        f"/api/v1/campaigns/{campaign.slug}/pairs/",
+        [{"item_a": items[0].pk, "item_b": items[1].pk}],
+        format="json",
+    )
     assert r.status_code == 400 and "already exists" in r.json()["detail"]
-    r = api.post(f"/api/v1/campaigns/{campaign.slug}/prompts/", [{"messages": [{"role": "wizard", "content": "x"}]}], format="json")
+    r = api.post(
+        f"/api/v1/campaigns/{campaign.slug}/prompts/",
+        [{"messages": [{"role": "wizard", "content": "x"}]}],
+        format="json",
+    )
     assert r.json()["field"] == "rows[0].messages[0].role"
 
 
@@ -104,9 +175,13 @@ def test_bulk_import_is_atomic_and_names_the_bad_row(api, staff):
 def test_bulk_import_limits(api, staff):
     campaign = text_campaign(n_prompts=1, responses=2)
     as_user(api, staff)
-    r = api.post(f"/api/v1/campaigns/{campaign.slug}/prompts/", [{"prompt": "x"}] * 4, format="json")
+    r = api.post(
+        f"/api/v1/campaigns/{campaign.slug}/prompts/", [{"prompt": "x"}] * 4, format="json"
+    )
     assert r.status_code == 400 and "limit is 3" in r.json()["detail"]
-    r = api.post(f"/api/v1/campaigns/{campaign.slug}/prompts/", [{"prompt": "x" * 3000}], format="json")
+    r = api.post(
+        f"/api/v1/campaigns/{campaign.slug}/prompts/", [{"prompt": "x" * 3000}], format="json"
+    )
     assert r.status_code == 413 and r.json()["field"] == "body"
     assert Prompt.objects.count() == 1
 
@@ -118,17 +193,34 @@ def test_annotators_see_only_their_own_judgments_and_no_staff_endpoints(api, sta
     for user in (a, b):
         as_user(api, user)
         lease = api.post(f"/api/v1/campaigns/{campaign.slug}/next/").json()
-        api.post(f"/api/v1/assignments/{lease['assignment']}/judgment/", {"choices": "left"}, format="json")
+        api.post(
+            f"/api/v1/assignments/{lease['assignment']}/judgment/",
+            {"choices": "left"},
+            format="json",
+        )
     with override_settings(JUDGMENT_SETTLE_SECONDS=0):
-        rows = as_user(api, a).get(f"/api/v1/campaigns/{campaign.slug}/judgments/").json()["results"]
+        rows = (
+            as_user(api, a).get(f"/api/v1/campaigns/{campaign.slug}/judgments/").json()["results"]
+        )
         assert len(rows) == 1 and rows[0]["id"] == Judgment.objects.get(annotator=a).pk
-        assert as_user(api, staff).get(f"/api/v1/campaigns/{campaign.slug}/judgments/").json()["results"].__len__() == 2
+        assert (
+            as_user(api, staff)
+            .get(f"/api/v1/campaigns/{campaign.slug}/judgments/")
+            .json()["results"]
+            .__len__()
+            == 2
+        )
     as_user(api, a)
     for path in ("export/judgments.jsonl", "scores/", "labels/", "members/"):
         assert api.get(f"/api/v1/campaigns/{campaign.slug}/{path}").status_code == 403
-    assert api.post(f"/api/v1/campaigns/{campaign.slug}/prompts/", [], format="json").status_code == 403
+    assert (
+        api.post(f"/api/v1/campaigns/{campaign.slug}/prompts/", [], format="json").status_code
+        == 403
+    )
     outsider = UserFactory()
-    assert as_user(api, outsider).post(f"/api/v1/campaigns/{campaign.slug}/next/").status_code == 404
+    assert (
+        as_user(api, outsider).post(f"/api/v1/campaigns/{campaign.slug}/next/").status_code == 404
+    )
 
 
 @pytest.mark.django_db
@@ -137,7 +229,11 @@ def test_judgment_cursor_pages_by_id_and_holds_back_unsettled_rows(api, staff):
     campaign = text_campaign(n_prompts=1, responses=2, k=5, members=users)
     for user in users:
         lease = as_user(api, user).post(f"/api/v1/campaigns/{campaign.slug}/next/").json()
-        api.post(f"/api/v1/assignments/{lease['assignment']}/judgment/", {"choices": "tie"}, format="json")
+        api.post(
+            f"/api/v1/assignments/{lease['assignment']}/judgment/",
+            {"choices": "tie"},
+            format="json",
+        )
     as_user(api, staff)
     url = f"/api/v1/campaigns/{campaign.slug}/judgments/"
     assert api.get(url).json()["results"] == []  # just committed: not settled yet
@@ -177,6 +273,8 @@ def test_campaign_list_is_scoped(api, staff):
     assert len(as_user(api, staff).get("/api/v1/campaigns/").json()) == Campaign.objects.count()
     r = as_user(api, a).post("/api/v1/campaigns/", {"name": "x", "slug": "x"}, format="json")
     assert r.status_code == 403
-    r = as_user(api, staff).post("/api/v1/campaigns/", {"name": "x", "slug": "bad slug!"}, format="json")
+    r = as_user(api, staff).post(
+        "/api/v1/campaigns/", {"name": "x", "slug": "bad slug!"}, format="json"
+    )
     assert r.status_code == 400 and r.json()["field"] == "slug"
     assert json.dumps(r.json())

@@ -18,7 +18,9 @@ def bulk_judgments(campaign, users):
         for m, user in enumerate(users):
             rows.append(
                 Judgment(
-                    pair=pair, annotator=user, campaign=campaign,
+                    pair=pair,
+                    annotator=user,
+                    campaign=campaign,
                     choices={"overall": ["a", "b", "tie", "both_bad"][(n + m) % 4]},
                     shown_left_id=pair.item_a_id if (n + m) % 2 else pair.item_b_id,
                     duration_ms=1000 + n,
@@ -46,7 +48,11 @@ def test_export_of_thousands_streams_and_loads_with_datasets(client, staff, tmp_
     lines = path.read_text().splitlines()
     assert len(lines) == total
     first = json.loads(lines[0])
-    judgment = Judgment.objects.order_by("id").select_related("pair__item_a__prompt", "pair__item_b").first()
+    judgment = (
+        Judgment.objects.order_by("id")
+        .select_related("pair__item_a__prompt", "pair__item_b")
+        .first()
+    )
     assert first["judgment_id"] == judgment.pk
     assert first["prompt"] == judgment.pair.item_a.prompt.messages
     assert first["item_a"]["content"] == judgment.pair.item_a.content
@@ -56,11 +62,23 @@ def test_export_of_thousands_streams_and_loads_with_datasets(client, staff, tmp_
     assert first["annotator"] == selectors.annotator_pseudonym(judgment.annotator_id)
     assert judgment.annotator.username not in lines[0]
 
-    ds = datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=str(tmp_path / "cache"))
+    ds = datasets.load_dataset(
+        "json", data_files=str(path), split="train", cache_dir=str(tmp_path / "cache")
+    )
     assert ds.num_rows == total
-    assert {"prompt", "item_a", "item_b", "choices", "shown_left", "annotator", "created_at"} <= set(ds.column_names)
+    assert {
+        "prompt",
+        "item_a",
+        "item_b",
+        "choices",
+        "shown_left",
+        "annotator",
+        "created_at",
+    } <= set(ds.column_names)
     assert ds[0]["prompt"][0]["role"] == "user"
-    assert sorted(set(ds["annotator"])) == sorted({selectors.annotator_pseudonym(u.pk) for u in users})
+    assert sorted(set(ds["annotator"])) == sorted(
+        {selectors.annotator_pseudonym(u.pk) for u in users}
+    )
 
 
 @pytest.mark.django_db
@@ -83,11 +101,16 @@ def test_skips_are_exportable(client, staff):
     lease = services.assignment_lease_next(annotator=user, campaign=campaign)
     services.skip_create(annotator=user, assignment_id=lease.pk, reason="can't read code")
     client.force_login(staff)
-    body = b"".join(client.get(f"/api/v1/campaigns/{campaign.slug}/export/skips.jsonl").streaming_content)
+    body = b"".join(
+        client.get(f"/api/v1/campaigns/{campaign.slug}/export/skips.jsonl").streaming_content
+    )
     row = json.loads(body.decode().splitlines()[0])
     assert row["reason"] == "can't read code" and row["pair_id"] == Skip.objects.get().pair_id
     token = Token.objects.create(user=user)
-    r = client.get(f"/api/v1/campaigns/{campaign.slug}/export/skips.jsonl", HTTP_AUTHORIZATION=f"Token {token.key}")
+    r = client.get(
+        f"/api/v1/campaigns/{campaign.slug}/export/skips.jsonl",
+        HTTP_AUTHORIZATION=f"Token {token.key}",
+    )
     assert r.status_code == 403
 
 

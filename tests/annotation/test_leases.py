@@ -27,7 +27,9 @@ def test_lease_is_resumed_until_judged_then_next_pair():
     assert again.pk == first.pk
     judgment = services.judgment_submit(annotator=user, assignment_id=first.pk, choices="left")
     assert judgment.choices == {"overall": "a" if first.a_on_left else "b"}
-    assert judgment.shown_left_id == (first.pair.item_a_id if first.a_on_left else first.pair.item_b_id)
+    assert judgment.shown_left_id == (
+        first.pair.item_a_id if first.a_on_left else first.pair.item_b_id
+    )
     second = services.assignment_lease_next(annotator=user, campaign=campaign)
     assert second.pair_id != first.pair_id
     services.judgment_submit(annotator=user, assignment_id=second.pk, choices="tie")
@@ -128,10 +130,14 @@ def test_non_member_cannot_lease():
 @pytest.mark.django_db
 def test_multiple_criteria_are_all_required_and_stored_canonically():
     user = UserFactory()
-    campaign = text_campaign(n_prompts=1, responses=2, k=1, members=[user], criteria=["helpful", "honest"])
+    campaign = text_campaign(
+        n_prompts=1, responses=2, k=1, members=[user], criteria=["helpful", "honest"]
+    )
     lease = services.assignment_lease_next(annotator=user, campaign=campaign)
     with pytest.raises(ServiceError) as info:
-        services.judgment_submit(annotator=user, assignment_id=lease.pk, choices={"helpful": "left"})
+        services.judgment_submit(
+            annotator=user, assignment_id=lease.pk, choices={"helpful": "left"}
+        )
     assert info.value.field == "choices.honest"
     judgment = services.judgment_submit(
         annotator=user, assignment_id=lease.pk, choices={"helpful": "left", "honest": "both_bad"}

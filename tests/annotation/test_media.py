@@ -15,7 +15,14 @@ def trajectory_campaign(members, clip_bytes, n_items=2):
         campaign.members.add(user)
     items = []
     for n in range(n_items):
-        item = Item(campaign=campaign, dataset="CartPole-v1", episode=f"ep{n}", start=0, length=40, source="policy-best")
+        item = Item(
+            campaign=campaign,
+            dataset="CartPole-v1",
+            episode=f"ep{n}",
+            start=0,
+            length=40,
+            source="policy-best",
+        )
         item.clip.save("policy-best-gold-episode.webm", ContentFile(clip_bytes), save=True)
         items.append(item)
     campaign.pairs.create(item_a=items[0], item_b=items[1])

@@ -12,7 +12,9 @@ def annotator(db):
 
 @pytest.fixture
 def page_campaign(annotator):
-    return text_campaign(n_prompts=2, responses=2, k=1, members=[annotator], instructions="Pick the **better** one.")
+    return text_campaign(
+        n_prompts=2, responses=2, k=1, members=[annotator], instructions="Pick the **better** one."
+    )
 
 
 def judge_url(campaign, assignment):
@@ -58,7 +60,11 @@ def test_htmx_post_swaps_in_the_next_pair(client, annotator, page_campaign):
     client.force_login(annotator)
     client.get(reverse("annotation:compare", args=[page_campaign.slug]))
     first = Assignment.objects.get()
-    r = client.post(judge_url(page_campaign, first), {"choice": "right", "duration_ms": "4200"}, HTTP_HX_REQUEST="true")
+    r = client.post(
+        judge_url(page_campaign, first),
+        {"choice": "right", "duration_ms": "4200"},
+        HTTP_HX_REQUEST="true",
+    )
     body = r.content.decode()
     assert r.status_code == 200
     assert body.lstrip().startswith('<section id="compare"')  # the partial, not the page
@@ -96,7 +102,9 @@ def test_skip_from_the_page(client, annotator, page_campaign):
     client.force_login(annotator)
     client.get(reverse("annotation:compare", args=[page_campaign.slug]))
     lease = Assignment.objects.get()
-    r = client.post(reverse("annotation:skip", args=[page_campaign.slug, lease.pk]), {"reason": "unclear"})
+    r = client.post(
+        reverse("annotation:skip", args=[page_campaign.slug, lease.pk]), {"reason": "unclear"}
+    )
     assert r.status_code == 302
     lease.refresh_from_db()
     assert lease.status == Assignment.Status.SKIPPED
@@ -105,13 +113,21 @@ def test_skip_from_the_page(client, annotator, page_campaign):
 @pytest.mark.django_db
 def test_responses_are_sanitised(client, annotator):
     campaign = text_campaign(n_prompts=0, responses=0, k=1, members=[annotator])
-    prompt = Prompt.objects.create(campaign=campaign, messages=[{"role": "user", "content": "<script>alert('p')</script>hi"}])
-    a = Item.objects.create(campaign=campaign, prompt=prompt, content="<img src=x onerror=alert(1)> **bold**")
-    b = Item.objects.create(campaign=campaign, prompt=prompt, content="<script>alert('x')</script>\n\n[link](javascript:alert(2))")
+    prompt = Prompt.objects.create(
+        campaign=campaign, messages=[{"role": "user", "content": "<script>alert('p')</script>hi"}]
+    )
+    a = Item.objects.create(
+        campaign=campaign, prompt=prompt, content="<img src=x onerror=alert(1)> **bold**"
+    )
+    b = Item.objects.create(
+        campaign=campaign,
+        prompt=prompt,
+        content="<script>alert('x')</script>\n\n[link](javascript:alert(2))",
+    )
     campaign.pairs.create(item_a=a, item_b=b)
     client.force_login(annotator)
     body = client.get(reverse("annotation:compare", args=[campaign.slug])).content.decode()
-    compare = body[body.index('id="compare"'):]
+    compare = body[body.index('id="compare"') :]
     assert "<script>alert" not in compare and "onerror" not in compare
     assert "javascript:" not in compare
     assert "<strong>bold</strong>" in compare

@@ -25,8 +25,15 @@ def test_clip_seeks_in_chromium(gunicorn_server, client, webm_clip, tmp_path):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         context = browser.new_context()
-        context.add_cookies([{"name": "sessionid", "value": client.cookies["sessionid"].value,
-                              "url": gunicorn_server}])
+        context.add_cookies(
+            [
+                {
+                    "name": "sessionid",
+                    "value": client.cookies["sessionid"].value,
+                    "url": gunicorn_server,
+                }
+            ]
+        )
         page = context.new_page()
         page.on("response", lambda r: "/media/clips/" in r.url and statuses.append(r.status))
         page.goto(f"{gunicorn_server}/c/{campaign.slug}/")

@@ -39,29 +39,52 @@ def embedded(tmp_path_factory):
     var = tmp_path_factory.mktemp("var")
     port = free_port()
     env = {
-        k: v for k, v in os.environ.items()
+        k: v
+        for k, v in os.environ.items()
         if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "SECRET_KEY")
     }
     env.update(
-        VAR_DIR=str(var), DEBUG="false", HOST="127.0.0.1", PORT=str(port),
-        WEB_CONCURRENCY="2", GUNICORN_THREADS="4", PATH=f"{BIN}:{env['PATH']}",
+        VAR_DIR=str(var),
+        DEBUG="false",
+        HOST="127.0.0.1",
+        PORT=str(port),
+        WEB_CONCURRENCY="2",
+        GUNICORN_THREADS="4",
+        PATH=f"{BIN}:{env['PATH']}",
         GUNICORN_ACCESSLOG="/dev/null",
     )
     seed = subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env,
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "manage.py", "migrate", "--noinput"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert seed.returncode == 0, seed.stderr
     seed = subprocess.run(
-        [sys.executable, "manage.py", "seed_demo"], cwd=ROOT, env=env,
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "manage.py", "seed_demo"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert seed.returncode == 0, seed.stderr
-    tokens = dict(re.findall(r"^\s+\w+\s+(\S+)\s+password \S+\s+API token (\w+)$", seed.stdout, re.M))
+    tokens = dict(
+        re.findall(r"^\s+\w+\s+(\S+)\s+password \S+\s+API token (\w+)$", seed.stdout, re.M)
+    )
     logs = {name: open(var / f"{name}.log", "w") for name in ("web", "worker")}  # noqa: SIM115
     procs = [
-        subprocess.Popen(procfile_command(name), shell=True, cwd=ROOT, env=env,
-                         stdout=logs[name], stderr=subprocess.STDOUT, start_new_session=True)
+        subprocess.Popen(
+            procfile_command(name),
+            shell=True,
+            cwd=ROOT,
+            env=env,
+            stdout=logs[name],
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         for name in ("web", "worker")
     ]
     base = f"http://127.0.0.1:{port}"
@@ -103,15 +126,19 @@ def test_lease_submit_aggregate_export(embedded):
 
     def annotate(name):
         counts: Counter = Counter()
-        with httpx.Client(base_url=base, headers={"Authorization": f"Token {tokens[name]}"}, timeout=30) as c:
+        with httpx.Client(
+            base_url=base, headers={"Authorization": f"Token {tokens[name]}"}, timeout=30
+        ) as c:
             while True:
                 r = c.post("/api/v1/campaigns/demo-text/next/")
                 counts[f"next {r.status_code}"] += 1
                 if r.status_code != 200:
                     break
                 lease = r.json()
-                r = c.post(f"/api/v1/assignments/{lease['assignment']}/judgment/",
-                           json={"choices": {"overall": ["left", "right", "tie"][lease["pair"] % 3]}})
+                r = c.post(
+                    f"/api/v1/assignments/{lease['assignment']}/judgment/",
+                    json={"choices": {"overall": ["left", "right", "tie"][lease["pair"] % 3]}},
+                )
                 counts[f"submit {r.status_code}"] += 1
         results[name] = counts
 
@@ -124,9 +151,13 @@ def test_lease_submit_aggregate_export(embedded):
     for name in annotators:
         assert results[name] == Counter({"next 200": 80, "submit 201": 80, "next 204": 1}), results
 
-    staff = httpx.Client(base_url=base, headers={"Authorization": f"Token {tokens['admin']}"}, timeout=30)
+    staff = httpx.Client(
+        base_url=base, headers={"Authorization": f"Token {tokens['admin']}"}, timeout=30
+    )
     deadline = time.monotonic() + 60
-    while (scores := staff.get("/api/v1/campaigns/demo-text/scores/").json())["judgments_used"] < 240:
+    while (scores := staff.get("/api/v1/campaigns/demo-text/scores/").json())[
+        "judgments_used"
+    ] < 240:
         assert time.monotonic() < deadline, (embedded["var"] / "worker.log").read_text()[-3000:]
         time.sleep(0.5)
     assert len(scores["scores"]) == 72  # every response of the 24 prompts

@@ -30,21 +30,34 @@ def test_both_bad_counts_per_campaign_policy(policy, prefer_a, count):
 def test_each_criterion_gets_its_own_scores_and_labels_and_excluded_judgments_do_not_count():
     users = UserFactory.create_batch(3)
     campaign = text_campaign(n_prompts=1, responses=2, criteria=["helpful", "harmless"])
-    pair = judge_all(campaign, users, [
-        {"helpful": "a", "harmless": "b"},
-        {"helpful": "a", "harmless": "b"},
-        {"helpful": "b", "harmless": "b"},
-    ])
+    pair = judge_all(
+        campaign,
+        users,
+        [
+            {"helpful": "a", "harmless": "b"},
+            {"helpful": "a", "harmless": "b"},
+            {"helpful": "b", "harmless": "b"},
+        ],
+    )
     Judgment.objects.filter(annotator=users[2]).update(status=Judgment.Status.EXCLUDED)
     services.aggregation_run(campaign_id=campaign.pk)
-    labels = {lab.criterion.slug: lab for lab in PairLabel.objects.filter(pair=pair).select_related("criterion")}
+    labels = {
+        lab.criterion.slug: lab
+        for lab in PairLabel.objects.filter(pair=pair).select_related("criterion")
+    }
     assert labels["helpful"].prefer_a == 1.0 and labels["helpful"].count == 2
     assert labels["harmless"].prefer_a == 0.0
-    scores = {(s.criterion.slug, s.item_id): s.score for s in ItemScore.objects.select_related("criterion")}
+    scores = {
+        (s.criterion.slug, s.item_id): s.score
+        for s in ItemScore.objects.select_related("criterion")
+    }
     assert scores[("helpful", pair.item_a_id)] > scores[("helpful", pair.item_b_id)]
     assert scores[("harmless", pair.item_a_id)] < scores[("harmless", pair.item_b_id)]
     # a rerun is harmless: same rows, same values
     services.aggregation_run(campaign_id=campaign.pk)
-    again = {(s.criterion.slug, s.item_id): s.score for s in ItemScore.objects.select_related("criterion")}
+    again = {
+        (s.criterion.slug, s.item_id): s.score
+        for s in ItemScore.objects.select_related("criterion")
+    }
     assert again == scores and ItemScore.objects.count() == 4
     assert Campaign.objects.get(pk=campaign.pk).aggregation.runs_completed == 2

@@ -18,9 +18,7 @@ CITATIONS = Path(__file__).resolve().parent / "data" / "citations.json"
 
 
 def _load_citations() -> dict:
-    assert CITATIONS.is_file(), (
-        f"reference data missing: {CITATIONS} (shipped with the tests)"
-    )
+    assert CITATIONS.is_file(), f"reference data missing: {CITATIONS} (shipped with the tests)"
     return json.loads(CITATIONS.read_text())
 
 

@@ -45,9 +45,10 @@ def test_worker_aggregates_outside_the_web_process(worker):
     state = lambda: AggregationState.objects.filter(campaign=campaign).first()  # noqa: E731
     assert wait_for(lambda: state() and state().judgments_used == 3 and not state().pending)
     label = PairLabel.objects.get(pair__campaign=campaign)
-    expected = sum(
-        {"a": 1.0, "b": 0.0, "tie": 0.5}[j.choices["overall"]] for j in Judgment.objects.all()
-    ) / 3
+    expected = (
+        sum({"a": 1.0, "b": 0.0, "tie": 0.5}[j.choices["overall"]] for j in Judgment.objects.all())
+        / 3
+    )
     assert label.count == 3 and label.prefer_a == pytest.approx(expected)
     scores = {s.item_id: s.score for s in ItemScore.objects.filter(campaign=campaign)}
     pair = label.pair

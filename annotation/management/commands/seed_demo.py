@@ -30,7 +30,9 @@ class Command(BaseCommand):
     help = "Create the demo campaign, a staff user and three annotators (idempotent)."
 
     def add_arguments(self, parser):
-        parser.add_argument("--data", type=Path, default=DATA, help="JSONL of prompts with responses")
+        parser.add_argument(
+            "--data", type=Path, default=DATA, help="JSONL of prompts with responses"
+        )
 
     def handle(self, *args, data: Path, **options):
         User = get_user_model()
@@ -47,16 +49,26 @@ class Command(BaseCommand):
                 campaign = self._create_campaign(data)
             for user in users[1:]:
                 services.membership_add(campaign=campaign, user=user)
-        self.stdout.write(self.style.SUCCESS(f"Campaign '{campaign.name}' ({campaign.slug}): "
-                                             f"{campaign.pairs.count()} pairs, k={campaign.judgments_per_pair}"))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Campaign '{campaign.name}' ({campaign.slug}): "
+                f"{campaign.pairs.count()} pairs, k={campaign.judgments_per_pair}"
+            )
+        )
         self.stdout.write("Log in with:")
         for user, (username, password) in zip(users, [STAFF, *ANNOTATORS], strict=True):
             token, _ = Token.objects.get_or_create(user=user)
             role = "staff" if user.is_staff else "annotator"
-            self.stdout.write(f"  {role:9}  {username:11} password {password:18} API token {token.key}")
+            self.stdout.write(
+                f"  {role:9}  {username:11} password {password:18} API token {token.key}"
+            )
 
     def _create_campaign(self, path: Path) -> Campaign:
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [
+            json.loads(line)
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
         campaign = services.campaign_create(
             name="Demo: which response is better?",
             slug=SLUG,
@@ -72,8 +84,12 @@ class Command(BaseCommand):
         services.items_bulk_create(
             campaign=campaign,
             rows=[
-                {"external_id": resp["id"], "prompt": r["id"], "content": resp["content"],
-                 "source": resp.get("model", "")}
+                {
+                    "external_id": resp["id"],
+                    "prompt": r["id"],
+                    "content": resp["content"],
+                    "source": resp.get("model", ""),
+                }
                 for r in rows
                 for resp in r["responses"]
             ],
