@@ -237,6 +237,25 @@ class Pair(FrozenWhenJudged):
     def __str__(self) -> str:
         return f"pair {self.pk} ({self.item_a_id} vs {self.item_b_id})"
 
+    def clean(self) -> None:
+        """For forms (the admin): put the items in canonical order and check they belong
+        together. The bulk import applies the same rules."""
+        from django.core.exceptions import ValidationError
+
+        if self.item_a_id is None or self.item_b_id is None:
+            return
+        if self.item_a_id == self.item_b_id:
+            raise ValidationError("A pair needs two different items.")
+        if self.item_a_id > self.item_b_id:
+            self.item_a, self.item_b = self.item_b, self.item_a
+        if (
+            self.item_a.campaign_id != self.campaign_id
+            or self.item_b.campaign_id != self.campaign_id
+        ):
+            raise ValidationError("Both items must belong to the pair's campaign.")
+        if self.item_a.prompt_id != self.item_b.prompt_id:
+            raise ValidationError("Both items of a text pair must answer the same prompt.")
+
     def is_judged(self) -> bool:
         return self.pk is not None and Judgment.objects.filter(pair_id=self.pk).exists()
 

@@ -223,3 +223,18 @@ def test_fifty_concurrent_clients_never_share_a_slot():
     assert len(held) == 30 * k  # every slot was handed out exactly once
     for pair in Pair.objects.all():
         assert pair.judgment_count == Judgment.objects.filter(pair=pair).count() <= k
+
+
+@pytest.mark.django_db
+def test_pair_clean_orders_items_and_checks_they_belong_together():
+    from django.core.exceptions import ValidationError
+
+    from annotation.models import Item
+
+    campaign = text_campaign(n_prompts=2, responses=2)
+    a, b, c, _ = Item.objects.filter(campaign=campaign).order_by("id")
+    pair = Pair(campaign=campaign, item_a=b, item_b=a)
+    pair.clean()
+    assert (pair.item_a, pair.item_b) == (a, b)
+    with pytest.raises(ValidationError, match="same prompt"):
+        Pair(campaign=campaign, item_a=a, item_b=c).clean()
