@@ -38,6 +38,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
+if not (VENV_BIN / "gunicorn").exists():
+    VENV_BIN = ROOT / ".venv" / "bin"
 DB_NAME = "feedback_bench"
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 REDIS_URL = "redis://127.0.0.1:6379/14"
@@ -89,6 +91,8 @@ def code_version() -> dict[str, str]:
     import hashlib
 
     files = [
+        "annotation/models.py",
+        *sorted(str(f.relative_to(ROOT)) for f in (ROOT / "annotation/migrations").glob("0*.py")),
         "annotation/services.py",
         "annotation/selectors.py",
         "annotation/api.py",
