@@ -15,9 +15,8 @@ from functools import partial
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
-from django.db.models import Count, Exists, F, IntegerField, OuterRef, Subquery, Value
-from django.db.models.functions import Coalesce
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from labeling.services import aggregation_request
@@ -89,33 +88,10 @@ def assignment_lease_next(*, annotator: AbstractBaseUser, campaign: Campaign) ->
         if held is not None:
             return held
 
-        live = (
-            Assignment.objects.filter(
-                pair_id=OuterRef("pk"), status=Assignment.Status.OPEN, expires_at__gt=now
-            )
-            .order_by()
-            .values("pair_id")
-            .annotate(n=Count("id"))
-            .values("n")
-        )
-        candidates = (
-            Pair.objects.filter(campaign=campaign, judgment_count__lt=k)
-            .exclude(
-                Exists(Judgment.objects.filter(pair_id=OuterRef("pk"), annotator_id=annotator.pk))
-            )
-            .exclude(Exists(Skip.objects.filter(pair_id=OuterRef("pk"), annotator_id=annotator.pk)))
-            .annotate(leases=Coalesce(Subquery(live, output_field=IntegerField()), Value(0)))
-            .filter(judgment_count__lt=k - F("leases"))
-            .order_by("-judgment_count", "id")
-        )
         tried: list[int] = []
         for _ in range(LEASE_CANDIDATE_TRIES):
-            # SKIP LOCKED: concurrent annotators each lock a different pair instead of queueing.
-            pair = (
-                candidates.exclude(pk__in=tried)
-                .select_for_update(skip_locked=True, of=("self",))
-                .only("id", "judgment_count")
-                .first()
+            pair = _lock_candidate_pair(
+                campaign_id=campaign.pk, annotator_id=annotator.pk, k=k, now=now, exclude=tried
             )
             if pair is None:
                 return None
@@ -131,6 +107,50 @@ def assignment_lease_next(*, annotator: AbstractBaseUser, campaign: Campaign) ->
                 )
             tried.append(pair.pk)
     return None
+
+
+_CANDIDATE_SQL = """
+SELECT p.id, p.judgment_count FROM {pair} p
+WHERE p.campaign_id = %s AND p.judgment_count < %s
+  AND NOT EXISTS (SELECT 1 FROM {judgment} j WHERE j.pair_id = p.id AND j.annotator_id = %s)
+  AND NOT EXISTS (SELECT 1 FROM {skip} s WHERE s.pair_id = p.id AND s.annotator_id = %s)
+  AND p.judgment_count + (
+        SELECT COUNT(*) FROM {assignment} a
+        WHERE a.pair_id = p.id AND a.status = 'open' AND a.expires_at > %s
+      ) < %s
+  {exclude}
+ORDER BY p.judgment_count DESC, p.id
+LIMIT 1
+{lock}
+"""
+
+
+def _lock_candidate_pair(
+    *, campaign_id: int, annotator_id: Any, k: int, now: Any, exclude: list[int]
+) -> Pair | None:
+    """Lock and return the first pair that looks free for the annotator: the most-judged
+    first, so pairs complete, then the oldest. Call inside a transaction.
+
+    Written as SQL: this runs on every lease and the ORM spent longer building the statement
+    than PostgreSQL spends running it (the pair_lease_order index serves the ORDER BY). With
+    SKIP LOCKED, concurrent annotators each lock a different pair instead of queueing; SQLite
+    has no row locks and serialises writers instead (see feedback_app/embedded.py).
+    """
+    skip_locked = connection.features.has_select_for_update_skip_locked
+    sql = _CANDIDATE_SQL.format(
+        pair=Pair._meta.db_table,
+        judgment=Judgment._meta.db_table,
+        skip=Skip._meta.db_table,
+        assignment=Assignment._meta.db_table,
+        exclude=f"AND p.id NOT IN ({', '.join(['%s'] * len(exclude))})" if exclude else "",
+        lock="FOR UPDATE OF p SKIP LOCKED" if skip_locked else "",
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [campaign_id, k, annotator_id, annotator_id, now, k, *exclude])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    return Pair(id=row[0], judgment_count=row[1], campaign_id=campaign_id)
 
 
 def _assignment_for(*, annotator: AbstractBaseUser, assignment_id: Any) -> Assignment:
@@ -228,6 +248,30 @@ def judgment_submit(
     return judgment
 
 
+def _late_submit_check(*, pair: Pair, assignment: Assignment, campaign: Campaign, now: Any) -> None:
+    """A submit through a lease that is no longer live: refuse a duplicate or a skipped
+    pair, and accept only while the pair has a free slot. Call holding the pair's row lock."""
+    existing = (
+        Judgment.objects.filter(pair_id=pair.pk, annotator_id=assignment.annotator_id)
+        .values_list("id", flat=True)
+        .first()
+    )
+    if existing is not None:
+        raise AlreadyJudged(
+            "You have already judged this pair.", field="assignment", judgment_id=existing
+        )
+    if assignment.status == Assignment.Status.SKIPPED:
+        raise ServiceError("You skipped this pair; it cannot be judged now.", field="assignment")
+    if not _has_free_slot(
+        pair=pair, k=campaign.judgments_per_pair, now=now, annotator_id=assignment.annotator_id
+    ):
+        raise LeaseLost(
+            "Your lease on this pair expired and the pair has since received all the "
+            "judgments it needs; your answer was not recorded.",
+            field="assignment",
+        )
+
+
 def _judgment_write(
     *,
     annotator: AbstractBaseUser,
@@ -238,32 +282,17 @@ def _judgment_write(
     now: Any,
 ) -> Judgment:
     """Call inside a transaction. Takes the pair's row lock, which serialises every
-    slot-taking operation on the pair (see the module docstring)."""
+    slot-taking operation on the pair (see the module docstring). May raise IntegrityError
+    for a duplicate, which judgment_submit turns into AlreadyJudged."""
     pair = (
         Pair.objects.select_for_update()
         .only("id", "item_a_id", "item_b_id", "judgment_count")
         .get(pk=assignment.pair_id)
     )
-    existing = (
-        Judgment.objects.filter(pair_id=pair.pk, annotator_id=annotator.pk)
-        .values_list("id", flat=True)
-        .first()
-    )
-    if existing is not None:
-        raise AlreadyJudged(
-            "You have already judged this pair.", field="assignment", judgment_id=existing
-        )
-    if assignment.status == Assignment.Status.SKIPPED:
-        raise ServiceError("You skipped this pair; it cannot be judged now.", field="assignment")
-    live = assignment.status == Assignment.Status.OPEN and assignment.expires_at > now
-    if not live and not _has_free_slot(
-        pair=pair, k=campaign.judgments_per_pair, now=now, annotator_id=annotator.pk
-    ):
-        raise LeaseLost(
-            "Your lease on this pair expired and the pair has since received all the "
-            "judgments it needs; your answer was not recorded.",
-            field="assignment",
-        )
+    # A live lease holds its slot, and a second submit through it (a double click) trips the
+    # unique (pair, annotator) constraint, so the common case needs no further read.
+    if not (assignment.status == Assignment.Status.OPEN and assignment.expires_at > now):
+        _late_submit_check(pair=pair, assignment=assignment, campaign=campaign, now=now)
     if duration_ms is None:
         duration_ms = max(0, int((now - assignment.leased_at).total_seconds() * 1000))
     judgment = Judgment.objects.create(

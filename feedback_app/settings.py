@@ -99,7 +99,7 @@ else:
     DATABASES = {"default": env.db("DATABASE_URL")}
     # Requests are short; a persistent connection saves a connect per request.
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("CONN_HEALTH_CHECKS", default=True)
     # Behind PgBouncer in transaction mode, server-side cursors must be off.
     DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = env.bool(
         "DISABLE_SERVER_SIDE_CURSORS", default=False
@@ -115,6 +115,9 @@ if EMBEDDED_BROKER:
 else:
     CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+# Seconds between the first judgment after a run and the next aggregation run: the judgments
+# of that window are aggregated together.
+AGGREGATION_DELAY_SECONDS = env.float("AGGREGATION_DELAY_SECONDS", default=2.0)
 CELERY_BEAT_SCHEDULE_FILENAME = env(
     "CELERY_BEAT_SCHEDULE_FILENAME", default=str(VAR_DIR / "celerybeat-schedule")
 )

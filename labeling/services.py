@@ -22,9 +22,13 @@ PENDING_STALE_AFTER = timedelta(minutes=10)
 
 
 def _enqueue(campaign_id: int) -> None:
+    from django.conf import settings
+
     from .tasks import aggregate_campaign
 
-    aggregate_campaign.delay(campaign_id)
+    # The delay batches a burst of judgments into one run; the pending flag stays set
+    # meanwhile, so none of them enqueues another.
+    aggregate_campaign.apply_async((campaign_id,), countdown=settings.AGGREGATION_DELAY_SECONDS)
 
 
 def aggregation_request(*, campaign_id: int) -> bool:
@@ -145,15 +149,17 @@ def aggregation_run(*, campaign_id: int) -> bool:
         per_item = np.bincount(first, minlength=len(item_ids)) + np.bincount(
             second, minlength=len(item_ids)
         )
+        # Items never compared sit at the prior's mean (0) and get no row: a campaign has
+        # many more items than compared ones early on, and every run rewrites its rows.
         scores.extend(
             ItemScore(
-                item_id=item_id,
+                item_id=item_ids[i],
                 criterion_id=criterion_id,
                 campaign_id=campaign_id,
                 score=float(fit.scores[i]),
                 comparisons=int(per_item[i]),
             )
-            for i, item_id in enumerate(item_ids)
+            for i in np.flatnonzero(per_item)
         )
         unique_pairs, inverse = np.unique(pair_ids, return_inverse=True)
         counts = np.bincount(inverse, minlength=len(unique_pairs))

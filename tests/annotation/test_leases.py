@@ -238,3 +238,17 @@ def test_pair_clean_orders_items_and_checks_they_belong_together():
     assert (pair.item_a, pair.item_b) == (a, b)
     with pytest.raises(ValidationError, match="same prompt"):
         Pair(campaign=campaign, item_a=a, item_b=c).clean()
+
+
+@pytest.mark.django_db
+def test_a_double_click_through_a_live_lease_is_a_duplicate_not_a_second_judgment():
+    user = UserFactory()
+    campaign = text_campaign(n_prompts=1, responses=2, k=2, members=[user])
+    lease = services.assignment_lease_next(annotator=user, campaign=campaign)
+    first = services.judgment_submit(annotator=user, assignment_id=lease.pk, choices="left")
+    # The second request read the lease before the first committed: still open and live.
+    Assignment.objects.filter(pk=lease.pk).update(status=Assignment.Status.OPEN)
+    with pytest.raises(AlreadyJudged) as info:
+        services.judgment_submit(annotator=user, assignment_id=lease.pk, choices="right")
+    assert info.value.extra["judgment_id"] == first.pk
+    assert Judgment.objects.count() == 1 and Pair.objects.get().judgment_count == 1

@@ -61,3 +61,18 @@ def test_each_criterion_gets_its_own_scores_and_labels_and_excluded_judgments_do
     }
     assert again == scores and ItemScore.objects.count() == 4
     assert Campaign.objects.get(pk=campaign.pk).aggregation.runs_completed == 2
+
+
+@pytest.mark.django_db
+def test_only_compared_items_get_score_rows():
+    users = UserFactory.create_batch(2)
+    campaign = text_campaign(n_prompts=3, responses=3)  # 9 items
+    pair = judge_all(campaign, users, [{"overall": "a"}, {"overall": "tie"}])
+    services.aggregation_run(campaign_id=campaign.pk)
+    rows = {s.item_id: s for s in ItemScore.objects.filter(campaign=campaign)}
+    assert set(rows) == {pair.item_a_id, pair.item_b_id}
+    assert {s.comparisons for s in rows.values()} == {2}
+    Judgment.objects.update(status=Judgment.Status.RETRACTED)
+    services.aggregation_run(campaign_id=campaign.pk)
+    assert not ItemScore.objects.filter(campaign=campaign).exists()
+    assert not PairLabel.objects.filter(campaign=campaign).exists()
