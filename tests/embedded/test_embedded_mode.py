@@ -104,10 +104,8 @@ def embedded(tmp_path_factory):
         for proc in procs:
             os.killpg(proc.pid, signal.SIGTERM)
         for proc in procs:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                pass
             # The shell may be gone while a worker it started still shuts down: end the group.
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
