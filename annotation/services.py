@@ -42,13 +42,17 @@ def _is_member(*, user: AbstractBaseUser, campaign: Campaign) -> bool:
     return Membership.objects.filter(campaign=campaign, user_id=user.pk).exists()
 
 
-def _require_member_of_active(*, user: AbstractBaseUser, campaign: Campaign) -> None:
-    if not _is_member(user=user, campaign=campaign):
-        raise Forbidden(f"You are not a member of campaign '{campaign.slug}'.")
+def _require_active(campaign: Campaign) -> None:
     if not campaign.is_open:
         raise CampaignNotActive(
             f"Campaign '{campaign.slug}' is {campaign.status}; it takes no judgments now."
         )
+
+
+def _require_member_of_active(*, user: AbstractBaseUser, campaign: Campaign) -> None:
+    if not _is_member(user=user, campaign=campaign):
+        raise Forbidden(f"You are not a member of campaign '{campaign.slug}'.")
+    _require_active(campaign)
 
 
 def _live_leases(*, pair_id: Any, now: Any, exclude_annotator_id: Any = None) -> int:
@@ -212,10 +216,7 @@ def judgment_submit(
     """
     assignment = _assignment_for(annotator=annotator, assignment_id=assignment_id)
     campaign = assignment.campaign
-    if not campaign.is_open:
-        raise CampaignNotActive(
-            f"Campaign '{campaign.slug}' is {campaign.status}; it takes no judgments now."
-        )
+    _require_active(campaign)
     criteria = list(campaign.criteria.values_list("slug", flat=True))
     canonical = choices_canonical(criteria=criteria, raw=choices, a_on_left=assignment.a_on_left)
     if duration_ms is not None and (not isinstance(duration_ms, int) or duration_ms < 0):
@@ -313,6 +314,7 @@ def _judgment_write(
 def skip_create(*, annotator: AbstractBaseUser, assignment_id: Any, reason: str = "") -> Skip:
     """Skip the leased pair: it frees the slot and is never offered to this annotator again."""
     assignment = _assignment_for(annotator=annotator, assignment_id=assignment_id)
+    _require_active(assignment.campaign)
     if len(reason) > 500:
         raise ServiceError("reason is longer than 500 characters.", field="reason")
     with transaction.atomic():
@@ -334,6 +336,7 @@ def assignment_renew(*, annotator: AbstractBaseUser, assignment_id: Any) -> Assi
     pair still has a free slot."""
     assignment = _assignment_for(annotator=annotator, assignment_id=assignment_id)
     campaign = assignment.campaign
+    _require_active(campaign)
     if assignment.status != Assignment.Status.OPEN:
         raise ServiceError(
             f"This lease is {assignment.status}; nothing to renew.", field="assignment"

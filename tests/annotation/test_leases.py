@@ -252,3 +252,16 @@ def test_a_double_click_through_a_live_lease_is_a_duplicate_not_a_second_judgmen
         services.judgment_submit(annotator=user, assignment_id=lease.pk, choices="right")
     assert info.value.extra["judgment_id"] == first.pk
     assert Judgment.objects.count() == 1 and Pair.objects.get().judgment_count == 1
+
+
+@pytest.mark.django_db
+def test_a_closed_campaign_takes_no_skips_or_renewals():
+    user = UserFactory()
+    campaign = text_campaign(n_prompts=1, responses=2, members=[user])
+    lease = services.assignment_lease_next(annotator=user, campaign=campaign)
+    Campaign.objects.filter(pk=campaign.pk).update(status=Campaign.Status.PAUSED)
+    with pytest.raises(CampaignNotActive, match="paused"):
+        services.skip_create(annotator=user, assignment_id=lease.pk)
+    with pytest.raises(CampaignNotActive):
+        services.assignment_renew(annotator=user, assignment_id=lease.pk)
+    assert not Skip.objects.exists()
