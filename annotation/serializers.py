@@ -64,7 +64,9 @@ class JudgmentInSerializer(serializers.Serializer):
         help_text='{"criterion": "left" | "right" | "a" | "b" | "tie" | "both_bad"}, or one '
         "choice string when the campaign has a single criterion."
     )
-    duration_ms = serializers.IntegerField(required=False, allow_null=True, min_value=0)
+    duration_ms = serializers.IntegerField(
+        required=False, allow_null=True, min_value=0, max_value=2**31 - 1
+    )
 
 
 class SkipInSerializer(serializers.Serializer):

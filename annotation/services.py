@@ -16,7 +16,7 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F
+from django.db.models import F, Subquery
 from django.utils import timezone
 
 from labeling.services import aggregation_request
@@ -36,6 +36,7 @@ VALID_CHOICES = (*SIDE_CHOICES, *Choice.values)
 # How many locked candidates a lease request may find full before it gives up on this round;
 # only a race with a just-committed lease makes a candidate full, so a few tries suffice.
 LEASE_CANDIDATE_TRIES = 5
+MAX_DURATION_MS = 2**31 - 1  # the column is a 32-bit integer
 
 
 def _is_member(*, user: AbstractBaseUser, campaign: Campaign) -> bool:
@@ -93,28 +94,51 @@ def assignment_lease_next(*, annotator: AbstractBaseUser, campaign: Campaign) ->
             return held
 
         tried: list[int] = []
+        blocking = False
         for _ in range(LEASE_CANDIDATE_TRIES):
-            pair = _lock_candidate_pair(
-                campaign_id=campaign.pk, annotator_id=annotator.pk, k=k, now=now, exclude=tried
+            found = _lock_candidate_pair(
+                campaign_id=campaign.pk,
+                annotator_id=annotator.pk,
+                k=k,
+                now=now,
+                exclude=tried,
+                skip_locked=not blocking,
             )
-            if pair is None:
-                return None
+            if found is None:
+                if blocking or not connection.features.has_select_for_update_skip_locked:
+                    return None
+                # Every free pair may be locked for an instant by other annotators' leases:
+                # that is not "nothing left". Wait for a lock once instead of skipping.
+                blocking = True
+                continue
+            pair, mine = found
             # The candidate query's snapshot may predate a lease committed just before we got
             # the lock; recount in a fresh statement now that the lock is ours.
-            if _has_free_slot(pair=pair, k=k, now=now, annotator_id=annotator.pk):
-                return Assignment.objects.create(
-                    pair_id=pair.pk,
-                    annotator_id=annotator.pk,
-                    campaign=campaign,
-                    a_on_left=random.random() < 0.5,
-                    expires_at=now + timedelta(seconds=campaign.lease_seconds),
-                )
-            tried.append(pair.pk)
+            if not _has_free_slot(pair=pair, k=k, now=now, annotator_id=annotator.pk):
+                tried.append(pair.pk)
+                continue
+            expires_at = now + timedelta(seconds=campaign.lease_seconds)
+            if mine is not None:
+                # Revive the annotator's own expired lease of this pair rather than open a
+                # second one: one open lease per (pair, annotator).
+                Assignment.objects.filter(pk=mine).update(leased_at=now, expires_at=expires_at)
+                return Assignment.objects.get(pk=mine)
+            return Assignment.objects.create(
+                pair_id=pair.pk,
+                annotator_id=annotator.pk,
+                campaign=campaign,
+                a_on_left=random.random() < 0.5,
+                expires_at=expires_at,
+            )
     return None
 
 
 _CANDIDATE_SQL = """
-SELECT p.id, p.judgment_count FROM {pair} p
+SELECT p.id, p.judgment_count,
+  (SELECT a.id FROM {assignment} a
+   WHERE a.pair_id = p.id AND a.annotator_id = %s AND a.status = 'open'
+   ORDER BY a.id DESC LIMIT 1) AS mine
+FROM {pair} p
 WHERE p.campaign_id = %s AND p.judgment_count < %s
   AND NOT EXISTS (SELECT 1 FROM {judgment} j WHERE j.pair_id = p.id AND j.annotator_id = %s)
   AND NOT EXISTS (SELECT 1 FROM {skip} s WHERE s.pair_id = p.id AND s.annotator_id = %s)
@@ -130,8 +154,8 @@ LIMIT 1
 
 
 def _lock_candidate_pair(
-    *, campaign_id: int, annotator_id: Any, k: int, now: Any, exclude: list[int]
-) -> Pair | None:
+    *, campaign_id: int, annotator_id: Any, k: int, now: Any, exclude: list[int], skip_locked: bool
+) -> tuple[Pair, int | None] | None:
     """Lock and return the first pair that looks free for the annotator: the most-judged
     first, so pairs complete, then the oldest. Call inside a transaction.
 
@@ -140,21 +164,25 @@ def _lock_candidate_pair(
     SKIP LOCKED, concurrent annotators each lock a different pair instead of queueing; SQLite
     has no row locks and serialises writers instead (see feedback_app/embedded.py).
     """
-    skip_locked = connection.features.has_select_for_update_skip_locked
+    if connection.features.has_select_for_update_skip_locked:
+        lock = "FOR UPDATE OF p SKIP LOCKED" if skip_locked else "FOR UPDATE OF p"
+    else:
+        lock = ""
     sql = _CANDIDATE_SQL.format(
         pair=Pair._meta.db_table,
         judgment=Judgment._meta.db_table,
         skip=Skip._meta.db_table,
         assignment=Assignment._meta.db_table,
         exclude=f"AND p.id NOT IN ({', '.join(['%s'] * len(exclude))})" if exclude else "",
-        lock="FOR UPDATE OF p SKIP LOCKED" if skip_locked else "",
+        lock=lock,
     )
+    params = [annotator_id, campaign_id, k, annotator_id, annotator_id, now, k, *exclude]
     with connection.cursor() as cursor:
-        cursor.execute(sql, [campaign_id, k, annotator_id, annotator_id, now, k, *exclude])
+        cursor.execute(sql, params)
         row = cursor.fetchone()
     if row is None:
         return None
-    return Pair(id=row[0], judgment_count=row[1], campaign_id=campaign_id)
+    return Pair(id=row[0], judgment_count=row[1], campaign_id=campaign_id), row[2]
 
 
 def _assignment_for(*, annotator: AbstractBaseUser, assignment_id: Any) -> Assignment:
@@ -219,10 +247,13 @@ def judgment_submit(
     _require_active(campaign)
     criteria = list(campaign.criteria.values_list("slug", flat=True))
     canonical = choices_canonical(criteria=criteria, raw=choices, a_on_left=assignment.a_on_left)
-    if duration_ms is not None and (not isinstance(duration_ms, int) or duration_ms < 0):
-        raise ServiceError("duration_ms must be a non-negative integer.", field="duration_ms")
+    if duration_ms is not None and (
+        not isinstance(duration_ms, int) or not 0 <= duration_ms <= MAX_DURATION_MS
+    ):
+        raise ServiceError(
+            f"duration_ms must be an integer from 0 to {MAX_DURATION_MS}.", field="duration_ms"
+        )
 
-    now = timezone.now()
     try:
         with transaction.atomic():
             judgment = _judgment_write(
@@ -231,7 +262,6 @@ def judgment_submit(
                 campaign=campaign,
                 canonical=canonical,
                 duration_ms=duration_ms,
-                now=now,
             )
     except IntegrityError:
         # The unique (pair, annotator) constraint is the backstop for a judgment made
@@ -280,16 +310,24 @@ def _judgment_write(
     campaign: Campaign,
     canonical: dict[str, str],
     duration_ms: int | None,
-    now: Any,
 ) -> Judgment:
     """Call inside a transaction. Takes the pair's row lock, which serialises every
     slot-taking operation on the pair (see the module docstring). May raise IntegrityError
     for a duplicate, which judgment_submit turns into AlreadyJudged."""
+    lease = Assignment.objects.filter(pk=assignment.pk)
     pair = (
         Pair.objects.select_for_update()
         .only("id", "item_a_id", "item_b_id", "judgment_count")
+        .annotate(
+            lease_status=Subquery(lease.values("status")),
+            lease_expires_at=Subquery(lease.values("expires_at")),
+        )
         .get(pk=assignment.pair_id)
     )
+    # Decided under the lock, with the lease as it is now and the clock read now: a lease
+    # that expired while this request waited for the lock may have lost its slot already.
+    assignment.status, assignment.expires_at = pair.lease_status, pair.lease_expires_at
+    now = timezone.now()
     # A live lease holds its slot, and a second submit through it (a double click) trips the
     # unique (pair, annotator) constraint, so the common case needs no further read.
     if not (assignment.status == Assignment.Status.OPEN and assignment.expires_at > now):
@@ -306,7 +344,10 @@ def _judgment_write(
         duration_ms=duration_ms,
     )
     Pair.objects.filter(pk=pair.pk).update(judgment_count=F("judgment_count") + 1)
-    Assignment.objects.filter(pk=assignment.pk).update(status=Assignment.Status.DONE)
+    # Every open lease of this annotator on the pair is finished, not only the one used.
+    Assignment.objects.filter(
+        pair_id=pair.pk, annotator_id=annotator.pk, status=Assignment.Status.OPEN
+    ).update(status=Assignment.Status.DONE)
     transaction.on_commit(partial(aggregation_request, campaign_id=campaign.pk))
     return judgment
 
@@ -337,24 +378,24 @@ def assignment_renew(*, annotator: AbstractBaseUser, assignment_id: Any) -> Assi
     assignment = _assignment_for(annotator=annotator, assignment_id=assignment_id)
     campaign = assignment.campaign
     _require_active(campaign)
-    if assignment.status != Assignment.Status.OPEN:
-        raise ServiceError(
-            f"This lease is {assignment.status}; nothing to renew.", field="assignment"
-        )
-    now = timezone.now()
     with transaction.atomic():
-        if assignment.expires_at <= now:
-            pair = (
-                Pair.objects.select_for_update()
-                .only("id", "judgment_count")
-                .get(pk=assignment.pair_id)
+        # Under the pair's lock like every slot-taking operation: at the edge of expiry, the
+        # slot may be being handed to someone else.
+        pair = (
+            Pair.objects.select_for_update().only("id", "judgment_count").get(pk=assignment.pair_id)
+        )
+        assignment.refresh_from_db(fields=["status", "expires_at"])
+        if assignment.status != Assignment.Status.OPEN:
+            raise ServiceError(
+                f"This lease is {assignment.status}; nothing to renew.", field="assignment"
             )
-            if not _has_free_slot(
-                pair=pair, k=campaign.judgments_per_pair, now=now, annotator_id=annotator.pk
-            ):
-                raise LeaseLost(
-                    "Your lease expired and the pair has been handed to others.", field="assignment"
-                )
+        now = timezone.now()
+        if assignment.expires_at <= now and not _has_free_slot(
+            pair=pair, k=campaign.judgments_per_pair, now=now, annotator_id=annotator.pk
+        ):
+            raise LeaseLost(
+                "Your lease expired and the pair has been handed to others.", field="assignment"
+            )
         assignment.expires_at = now + timedelta(seconds=campaign.lease_seconds)
         Assignment.objects.filter(pk=assignment.pk).update(expires_at=assignment.expires_at)
     return assignment

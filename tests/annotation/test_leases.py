@@ -265,3 +265,43 @@ def test_a_closed_campaign_takes_no_skips_or_renewals():
     with pytest.raises(CampaignNotActive):
         services.assignment_renew(annotator=user, assignment_id=lease.pk)
     assert not Skip.objects.exists()
+
+
+@pytest.mark.django_db
+def test_an_expired_lease_is_revived_not_duplicated():
+    user, other = UserFactory.create_batch(2)
+    campaign = text_campaign(n_prompts=1, responses=2, k=2, members=[user, other])
+    first = services.assignment_lease_next(annotator=user, campaign=campaign)
+    expire(first)
+    again = services.assignment_lease_next(annotator=user, campaign=campaign)
+    assert again.pk == first.pk and again.expires_at > timezone.now()
+    assert Assignment.objects.filter(annotator=user, status=Assignment.Status.OPEN).count() == 1
+    services.judgment_submit(annotator=user, assignment_id=first.pk, choices="left")
+    assert services.assignment_lease_next(annotator=user, campaign=campaign) is None
+    assert services.assignment_lease_next(annotator=other, campaign=campaign) is not None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_momentarily_locked_pair_is_waited_for_not_reported_as_nothing_left():
+    from django.db import transaction
+
+    user = UserFactory()
+    campaign = text_campaign(n_prompts=1, responses=2, k=1, members=[user])
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_pair_lock():
+        try:
+            with transaction.atomic():
+                list(Pair.objects.select_for_update().filter(campaign=campaign))
+                locked.set()
+                release.wait(5)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold_the_pair_lock)
+    holder.start()
+    locked.wait(5)
+    threading.Timer(0.5, release.set).start()
+    lease = services.assignment_lease_next(annotator=user, campaign=campaign)
+    holder.join()
+    assert lease is not None and lease.pair_id == Pair.objects.get().pk
