@@ -10,7 +10,9 @@ RUN pip install --no-cache-dir -c constraints.txt -r requirements.txt
 
 COPY . .
 RUN SECRET_KEY=build-only python manage.py collectstatic --noinput --verbosity 0 \
-    && useradd --create-home --uid 1000 app && mkdir -p /app/var && chown -R app /app/var
+    && useradd --create-home --uid 1000 app \
+    && mkdir -p /app/var/media /app/var/beat && chown -R app /app/var
+# (named volumes mounted on var/media and var/beat start with this ownership)
 USER app
 
 EXPOSE 8000

@@ -8,8 +8,9 @@ bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
-# Long enough for a streamed export of a big campaign; a cut stream is detectable by the
-# client through the X-Row-Count header.
+# For gthread workers this is a liveness check of the worker process (its main thread
+# heartbeats while request threads stream), not a per-request limit: long exports are not
+# cut. A stream that does break is detectable by the client (see docs/deploy.md).
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "300"))
 graceful_timeout = 30
 keepalive = 5

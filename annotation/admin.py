@@ -3,9 +3,28 @@ from django.contrib import admin
 from .models import Assignment, Campaign, Criterion, Item, Judgment, Membership, Pair, Prompt, Skip
 
 
+class FrozenWhenJudgedAdmin(admin.ModelAdmin):
+    """Judged rows open read-only: the model would refuse the edit anyway."""
+
+    def has_change_permission(self, request, obj=None):
+        return super().has_change_permission(request, obj) and not (obj and obj.is_judged())
+
+    def has_delete_permission(self, request, obj=None):
+        return super().has_delete_permission(request, obj) and not (obj and obj.is_judged())
+
+
 class CriterionInline(admin.TabularInline):
     model = Criterion
     extra = 0
+
+    def _campaign_judged(self, obj) -> bool:
+        return bool(obj and obj.pk and obj.judgments.exists())
+
+    def has_change_permission(self, request, obj=None):
+        return super().has_change_permission(request, obj) and not self._campaign_judged(obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return super().has_delete_permission(request, obj) and not self._campaign_judged(obj)
 
 
 class MembershipInline(admin.TabularInline):
@@ -23,20 +42,20 @@ class CampaignAdmin(admin.ModelAdmin):
 
 
 @admin.register(Prompt)
-class PromptAdmin(admin.ModelAdmin):
+class PromptAdmin(FrozenWhenJudgedAdmin):
     list_display = ["id", "campaign", "external_id", "created_at"]
     list_filter = ["campaign"]
 
 
 @admin.register(Item)
-class ItemAdmin(admin.ModelAdmin):
+class ItemAdmin(FrozenWhenJudgedAdmin):
     list_display = ["id", "campaign", "external_id", "source", "created_at"]
     list_filter = ["campaign"]
     raw_id_fields = ["prompt"]
 
 
 @admin.register(Pair)
-class PairAdmin(admin.ModelAdmin):
+class PairAdmin(FrozenWhenJudgedAdmin):
     list_display = ["id", "campaign", "item_a", "item_b", "judgment_count"]
     list_filter = ["campaign"]
     raw_id_fields = ["item_a", "item_b"]

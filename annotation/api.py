@@ -44,7 +44,7 @@ class CampaignListView(APIView):
 
     @extend_schema(responses=CampaignSerializer(many=True))
     def get(self, request: Request) -> Response:
-        campaigns = selectors.campaign_list_for(user=request.user).prefetch_related("criteria")
+        campaigns = selectors.campaigns_visible_to(user=request.user).prefetch_related("criteria")
         return Response(CampaignSerializer(campaigns, many=True).data)
 
     @extend_schema(request=CampaignSerializer, responses={201: CampaignSerializer})

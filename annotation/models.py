@@ -68,8 +68,10 @@ class Campaign(models.Model):
     )
     l2_prior = models.FloatField(
         default=0.1,
-        validators=[MinValueValidator(0.0)],
-        help_text="Strength of the Gaussian prior on Bradley-Terry scores.",
+        # Positive: without a prior, items never compared (or compared in a separate
+        # component) have no maximum-likelihood score and the fit is refused.
+        validators=[MinValueValidator(1e-6)],
+        help_text="Strength of the Gaussian prior on Bradley-Terry scores (> 0).",
     )
     members = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="campaigns", blank=True
@@ -92,41 +94,10 @@ class Campaign(models.Model):
         return self.status == self.Status.ACTIVE
 
 
-class Criterion(models.Model):
-    """One question asked of each pair ("overall", "helpfulness", ...)."""
-
-    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="criteria")
-    slug = models.SlugField(max_length=50)
-    label = models.CharField(max_length=200)
-    description = models.TextField(blank=True)
-    position = models.PositiveSmallIntegerField(default=0)
-
-    class Meta:
-        ordering = ["position", "id"]
-        constraints = [
-            models.UniqueConstraint(fields=["campaign", "slug"], name="criterion_unique_slug"),
-        ]
-
-    def __str__(self) -> str:
-        return self.slug
-
-
-class Membership(models.Model):
-    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE)
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
-    joined_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["campaign", "user"], name="membership_unique"),
-        ]
-
-    def __str__(self) -> str:
-        return f"user {self.user_id} in campaign {self.campaign_id}"
-
-
 class FrozenWhenJudged(models.Model):
-    """Refuses save() of an existing row and delete() once a judgment refers to it."""
+    """Refuses save() of an existing row and delete() once a judgment rests on it. Queryset
+    update() and delete() bypass model methods; services never use them on these models,
+    and PROTECT foreign keys stop a bulk delete of anything judged."""
 
     class Meta:
         abstract = True
@@ -145,7 +116,48 @@ class FrozenWhenJudged(models.Model):
         raise NotImplementedError
 
 
-class Prompt(models.Model):
+class Criterion(FrozenWhenJudged):
+    """One question asked of each pair ("overall", "helpfulness", ...)."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="criteria")
+    slug = models.SlugField(max_length=50)
+    label = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    position = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["position", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "slug"], name="criterion_unique_slug"),
+        ]
+
+    def __str__(self) -> str:
+        return self.slug
+
+    def is_judged(self) -> bool:
+        # Judgments store choices under the criterion's slug: renaming or deleting it once
+        # the campaign has a judgment would orphan them.
+        return (
+            self.campaign_id is not None
+            and Judgment.objects.filter(campaign_id=self.campaign_id).exists()
+        )
+
+
+class Membership(models.Model):
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    joined_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "user"], name="membership_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"user {self.user_id} in campaign {self.campaign_id}"
+
+
+class Prompt(FrozenWhenJudged):
     """A conversation to respond to: a list of {"role", "content"} messages."""
 
     campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="prompts")
@@ -165,6 +177,12 @@ class Prompt(models.Model):
 
     def __str__(self) -> str:
         return self.external_id or f"prompt {self.pk}"
+
+    def is_judged(self) -> bool:
+        return (
+            self.pk is not None
+            and Judgment.objects.filter(pair__item_a__prompt_id=self.pk).exists()
+        )
 
 
 class Item(FrozenWhenJudged):
@@ -206,6 +224,14 @@ class Item(FrozenWhenJudged):
                 models.Q(pair__item_a_id=self.pk) | models.Q(pair__item_b_id=self.pk)
             ).exists()
         )
+
+    @property
+    def clip_url(self) -> str:
+        """The clip through the access-checking media view, whatever the storage: an object
+        store's own URL would skip the membership check."""
+        from django.urls import reverse
+
+        return reverse("media", args=[self.clip.name]) if self.clip else ""
 
 
 class Pair(FrozenWhenJudged):

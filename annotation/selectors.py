@@ -11,10 +11,10 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, Max, Q, QuerySet
-from django.db.models.functions import Now
+from django.db.models import Count, Max, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce, Now
 
-from .models import Assignment, Campaign, Item, Judgment, Skip
+from .models import Assignment, Campaign, Item, Judgment, Pair, Skip
 
 EXPORT_CHUNK = 2000
 
@@ -30,15 +30,26 @@ def annotator_pseudonym(user_id: int) -> str:
 def campaign_list_for(*, user: AbstractBaseUser) -> QuerySet[Campaign]:
     """Campaigns the user may see: all for staff, the ones they are a member of otherwise;
     annotated with the user's own judgment count and the number of pairs."""
+    # Counted in correlated subqueries: joining pairs and judgments under one GROUP BY would
+    # multiply the two.
+    pairs = Pair.objects.filter(campaign=OuterRef("pk")).order_by().values("campaign")
+    mine = Judgment.objects.filter(campaign=OuterRef("pk"), annotator_id=user.pk).order_by()
+    return campaigns_visible_to(user=user).annotate(
+        pair_total=Coalesce(Subquery(pairs.annotate(n=Count("id")).values("n")[:1]), 0),
+        my_judgments=Coalesce(
+            Subquery(mine.values("campaign").annotate(n=Count("id")).values("n")[:1]), 0
+        ),
+    )
+
+
+def campaigns_visible_to(*, user: AbstractBaseUser) -> QuerySet[Campaign]:
+    """All campaigns for staff, the ones they are a member of for others."""
     qs = (
         Campaign.objects.all()
         if getattr(user, "is_staff", False)
         else Campaign.objects.filter(membership__user_id=user.pk)
     )
-    return qs.annotate(
-        pair_total=Count("pairs", distinct=True),
-        my_judgments=Count("judgments", filter=Q(judgments__annotator_id=user.pk), distinct=True),
-    ).order_by("name")
+    return qs.order_by("name")
 
 
 def campaign_for(*, user: AbstractBaseUser, slug: str) -> Campaign | None:

@@ -85,7 +85,7 @@ def item_payload(item: Item) -> dict:
             episode=item.episode,
             start=item.start,
             length=item.length,
-            clip=item.clip.url if item.clip else None,
+            clip=item.clip_url or None,
         )
     return payload
 

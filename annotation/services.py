@@ -518,6 +518,18 @@ def _unique_external_ids(model: Any, campaign: Campaign, objs: list[Any], label:
         )
 
 
+def _check_refs(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> None:
+    """References are an id (integer) or an external_id (string); anything else is named."""
+    for index, row in enumerate(rows):
+        for key in keys:
+            ref = row.get(key)
+            if ref is not None and (isinstance(ref, bool) or not isinstance(ref, int | str)):
+                raise ServiceError(
+                    f"{key} must be an id (integer) or an external_id (string).",
+                    field=f"rows[{index}].{key}",
+                )
+
+
 def _resolver(model: Any, campaign: Campaign, refs: list[Any]) -> dict[Any, Any]:
     """Map the ids and external ids used in a request to (pk, prompt_id) of the campaign's rows."""
     ids = [r for r in refs if isinstance(r, int) and not isinstance(r, bool)]
@@ -566,6 +578,7 @@ def items_bulk_create(*, campaign: Campaign, rows: Any) -> list[Any]:
 
     rows = _rows_check(rows)
     is_text = campaign.kind == Campaign.Kind.TEXT
+    _check_refs(rows, ("prompt",))
     prompts = _resolver(Prompt, campaign, [r.get("prompt") for r in rows]) if is_text else {}
     objs = []
     for index, row in enumerate(rows):
@@ -611,6 +624,7 @@ def pairs_bulk_create(*, campaign: Campaign, rows: Any) -> list[Pair]:
     rows = _rows_check(rows)
     from .models import Item
 
+    _check_refs(rows, ("item_a", "item_b"))
     refs = [r.get(key) for r in rows for key in ("item_a", "item_b")]
     items = _resolver(Item, campaign, refs)
     objs = []

@@ -15,7 +15,8 @@ from .embedded import filesystem_broker_options, secret_key_from, sqlite_databas
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+# Variables already in the environment win over the file.
+environ.Env.read_env(env("ENV_FILE", default=str(BASE_DIR / ".env")), overwrite=False)
 
 VAR_DIR = Path(env("VAR_DIR", default=str(BASE_DIR / "var")))
 

@@ -103,6 +103,9 @@ def collected_static(tmp_path_factory):
     return root
 
 
+GUNICORN_APP_NAME = "feedback-test-gunicorn"  # marks its database sessions
+
+
 @pytest.fixture
 def gunicorn_server(transactional_db, tmp_path, settings, media_root, collected_static):
     """gunicorn with DEBUG off and production static/media handling, on the test database.
@@ -125,7 +128,9 @@ def gunicorn_server(transactional_db, tmp_path, settings, media_root, collected_
     db = connection.settings_dict
     env = {
         **os.environ,
-        "DATABASE_URL": f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+        "DATABASE_URL": f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:"
+        f"{db['PORT'] or 5432}/{db['NAME']}?application_name={GUNICORN_APP_NAME}",
+        "ENV_FILE": "/dev/null",
         "DEBUG": "false",
         "HOST": "127.0.0.1",
         "PORT": str(port),

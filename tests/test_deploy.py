@@ -125,3 +125,13 @@ def test_check_deploy_flags_an_insecure_setup():
         "security.W016",
     ):
         assert warning in result.stderr + result.stdout
+
+
+def test_secret_key_is_generated_once_and_kept_private(tmp_path):
+    from feedback_app.embedded import secret_key_from
+
+    path = tmp_path / "var" / "secret_key"
+    key = secret_key_from(path)
+    assert len(key) >= 50 and secret_key_from(path) == key
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["secret_key"]  # no temporary file left

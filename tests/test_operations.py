@@ -10,6 +10,7 @@ from django.db import connection
 
 from feedback_app.request_id import JsonFormatter, RequestIdFilter, request_id
 from tests.annotation.test_export import bulk_judgments
+from tests.conftest import GUNICORN_APP_NAME
 from tests.factories import UserFactory, text_campaign
 
 
@@ -61,10 +62,12 @@ def test_a_cut_export_stream_is_detected_by_the_client(gunicorn_server, client):
         for _line in r.iter_lines():
             received += 1
             if received == 10:
-                # The database goes away mid-export: the server's cursor dies with it.
+                # The server's database session dies mid-export, and its cursor with it.
                 with connection.cursor() as cursor:
                     cursor.execute(
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                        "WHERE application_name = %s",
+                        [GUNICORN_APP_NAME],
                     )
+                    assert cursor.fetchone()[0] is True
     assert received < total

@@ -278,3 +278,35 @@ def test_campaign_list_is_scoped(api, staff):
     )
     assert r.status_code == 400 and r.json()["field"] == "slug"
     assert json.dumps(r.json())
+
+
+@pytest.mark.django_db
+def test_malformed_references_and_values_are_400s_naming_the_field(api, staff):
+    campaign = text_campaign(n_prompts=1, responses=2)
+    as_user(api, staff)
+    r = api.post(
+        f"/api/v1/campaigns/{campaign.slug}/items/",
+        [{"prompt": ["q1"], "content": "x"}],
+        format="json",
+    )
+    assert r.status_code == 400 and r.json()["field"] == "rows[0].prompt"
+    r = api.post(
+        f"/api/v1/campaigns/{campaign.slug}/pairs/",
+        [{"item_a": {"id": 1}, "item_b": 2}],
+        format="json",
+    )
+    assert r.status_code == 400 and r.json()["field"] == "rows[0].item_a"
+    r = api.post(
+        "/api/v1/campaigns/", {"name": "x", "slug": "no-prior", "l2_prior": 0}, format="json"
+    )
+    assert r.status_code == 400 and r.json()["field"] == "l2_prior"
+    user = UserFactory()
+    campaign.members.add(user)
+    lease = as_user(api, user).post(f"/api/v1/campaigns/{campaign.slug}/next/").json()
+    r = api.post(
+        f"/api/v1/assignments/{lease['assignment']}/judgment/",
+        {"choices": "left", "duration_ms": 10**12},
+        format="json",
+    )
+    assert r.status_code == 400 and r.json()["field"] == "duration_ms"
+    assert Judgment.objects.count() == 0

@@ -82,16 +82,31 @@ def test_export_of_thousands_streams_and_loads_with_datasets(client, staff, tmp_
 
 
 @pytest.mark.django_db
-def test_export_reads_through_one_cursor_whatever_the_size(staff):
+def test_export_reads_through_one_server_side_cursor_whatever_the_size(staff, monkeypatch):
+    import psycopg
+
     users = UserFactory.create_batch(2)
     campaign = text_campaign(n_prompts=60, responses=3, members=users)
     bulk_judgments(campaign, users)
+    cursors = []
+    chunked_cursor = connection.chunked_cursor
+
+    def spy():
+        cursor = chunked_cursor()
+        cursors.append(cursor.cursor)
+        return cursor
+
+    monkeypatch.setattr(connection, "chunked_cursor", spy)
     with CaptureQueriesContext(connection) as queries:
         count, top = selectors.export_row_count(campaign=campaign)
-        lines = list(selectors.judgment_export_lines(campaign=campaign, up_to_id=top))
-    assert len(lines) == count == 360
-    # One aggregate and one server-side cursor (fetched in chunks), not a query per row.
-    assert len(queries) == 2
+        lines = selectors.judgment_export_lines(campaign=campaign, up_to_id=top)
+        first = next(lines)
+        # A named (server-side) cursor: PostgreSQL holds the result and rows arrive in
+        # chunks of EXPORT_CHUNK, so memory stays flat however many there are.
+        assert len(cursors) == 1 and isinstance(cursors[0], psycopg.ServerCursor)
+        rest = list(lines)
+    assert 1 + len(rest) == count == 360 and first.startswith("{")
+    assert len(queries) == 2  # the count, and the one cursor: no query per row
 
 
 @pytest.mark.django_db

@@ -180,6 +180,16 @@ def test_judged_pairs_items_and_judgments_are_frozen():
         judgment.delete()
     with pytest.raises(FrozenError):
         Judgment.objects.all().delete()
+    prompt = item.prompt
+    prompt.messages = [{"role": "user", "content": "a different question"}]
+    with pytest.raises(FrozenError):
+        prompt.save()
+    criterion = campaign.criteria.get()
+    criterion.slug = "renamed"
+    with pytest.raises(FrozenError):
+        criterion.save()
+    with pytest.raises(FrozenError):
+        criterion.delete()
     assert Judgment.objects.count() == 1
     item.refresh_from_db()
     assert item.content != "rewritten after judging"

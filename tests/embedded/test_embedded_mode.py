@@ -53,6 +53,7 @@ def embedded(tmp_path_factory):
         GUNICORN_THREADS="4",
         PATH=f"{BIN}:{env['PATH']}",
         GUNICORN_ACCESSLOG="/dev/null",
+        ENV_FILE="/dev/null",  # a developer's .env must not switch this run to PostgreSQL
     )
     seed = subprocess.run(
         [sys.executable, "manage.py", "migrate", "--noinput"],
