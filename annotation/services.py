@@ -16,7 +16,7 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Subquery
+from django.db.models import Exists, F, OuterRef, Subquery
 from django.utils import timezone
 
 from labeling.services import aggregation_request
@@ -39,10 +39,6 @@ LEASE_CANDIDATE_TRIES = 5
 MAX_DURATION_MS = 2**31 - 1  # the column is a 32-bit integer
 
 
-def _is_member(*, user: AbstractBaseUser, campaign: Campaign) -> bool:
-    return Membership.objects.filter(campaign=campaign, user_id=user.pk).exists()
-
-
 def _require_active(campaign: Campaign) -> None:
     if not campaign.is_open:
         raise CampaignNotActive(
@@ -51,7 +47,14 @@ def _require_active(campaign: Campaign) -> None:
 
 
 def _require_member_of_active(*, user: AbstractBaseUser, campaign: Campaign) -> None:
-    if not _is_member(user=user, campaign=campaign):
+    """Call inside a transaction. Locks the membership row, which serialises one
+    annotator's lease requests in a campaign (a double click, two tabs) without touching
+    anyone else's: the second sees the lease the first took instead of taking another."""
+    if (
+        not Membership.objects.select_for_update()
+        .filter(campaign=campaign, user_id=user.pk)
+        .exists()
+    ):
         raise Forbidden(f"You are not a member of campaign '{campaign.slug}'.")
     _require_active(campaign)
 
@@ -76,10 +79,10 @@ def assignment_lease_next(*, annotator: AbstractBaseUser, campaign: Campaign) ->
 
     Returns None when nothing is left for them: every pair is full, judged or skipped by them.
     """
-    _require_member_of_active(user=annotator, campaign=campaign)
     now = timezone.now()
     k = campaign.judgments_per_pair
     with transaction.atomic():
+        _require_member_of_active(user=annotator, campaign=campaign)
         held = (
             Assignment.objects.filter(
                 annotator_id=annotator.pk,
@@ -186,12 +189,26 @@ def _lock_candidate_pair(
 
 
 def _assignment_for(*, annotator: AbstractBaseUser, assignment_id: Any) -> Assignment:
+    """The annotator's own lease, with its campaign; refused once they are no longer a
+    member of the campaign (checked in the same query)."""
+    member = Membership.objects.filter(
+        campaign_id=OuterRef("campaign_id"), user_id=OuterRef("annotator_id")
+    )
     try:
-        assignment = Assignment.objects.select_related("campaign").get(pk=assignment_id)
+        assignment = (
+            Assignment.objects.select_related("campaign")
+            .annotate(is_member=Exists(member))
+            .get(pk=assignment_id)
+        )
     except (Assignment.DoesNotExist, ValueError, TypeError):
         raise NotFound(f"No lease with id {assignment_id!r}.", field="assignment") from None
     if assignment.annotator_id != annotator.pk:
         raise Forbidden("This lease belongs to another annotator.", field="assignment")
+    if not assignment.is_member:
+        raise Forbidden(
+            f"You are no longer a member of campaign '{assignment.campaign.slug}'.",
+            field="assignment",
+        )
     return assignment
 
 
@@ -359,6 +376,8 @@ def skip_create(*, annotator: AbstractBaseUser, assignment_id: Any, reason: str 
     if len(reason) > 500:
         raise ServiceError("reason is longer than 500 characters.", field="reason")
     with transaction.atomic():
+        # The pair's lock orders a skip against a submit of the same pair (two tabs).
+        Pair.objects.select_for_update().only("id").get(pk=assignment.pair_id)
         if Judgment.objects.filter(pair_id=assignment.pair_id, annotator_id=annotator.pk).exists():
             raise ServiceError("You have already judged this pair.", field="assignment")
         skip, _ = Skip.objects.get_or_create(

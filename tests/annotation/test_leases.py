@@ -209,7 +209,7 @@ def test_fifty_concurrent_clients_never_share_a_slot():
     def client(user):
         try:
             start.wait()
-            for _ in range(4):
+            while True:  # at most 30 rounds: one per pair
                 lease = services.assignment_lease_next(annotator=user, campaign=campaign)
                 if lease is None:
                     break
@@ -315,3 +315,44 @@ def test_a_momentarily_locked_pair_is_waited_for_not_reported_as_nothing_left():
     lease = services.assignment_lease_next(annotator=user, campaign=campaign)
     holder.join()
     assert lease is not None and lease.pair_id == Pair.objects.get().pk
+
+
+@pytest.mark.django_db
+def test_a_removed_member_can_no_longer_use_their_lease():
+    from annotation.models import Membership
+
+    user = UserFactory()
+    campaign = text_campaign(n_prompts=1, responses=2, members=[user])
+    lease = services.assignment_lease_next(annotator=user, campaign=campaign)
+    Membership.objects.filter(user=user).delete()
+    for action in (
+        lambda: services.judgment_submit(annotator=user, assignment_id=lease.pk, choices="left"),
+        lambda: services.skip_create(annotator=user, assignment_id=lease.pk),
+        lambda: services.assignment_renew(annotator=user, assignment_id=lease.pk),
+    ):
+        with pytest.raises(Forbidden, match="no longer a member"):
+            action()
+    assert not Judgment.objects.exists() and not Skip.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_annotators_simultaneous_requests_share_one_lease():
+    user = UserFactory()
+    campaign = text_campaign(n_prompts=5, responses=2, members=[user])
+    start = threading.Barrier(6)
+    got = []
+
+    def ask():
+        try:
+            start.wait()
+            got.append(services.assignment_lease_next(annotator=user, campaign=campaign).pk)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=ask) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 6 and len(set(got)) == 1
+    assert Assignment.objects.filter(annotator=user).count() == 1
