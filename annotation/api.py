@@ -19,7 +19,7 @@ from labeling import selectors as labeling_selectors
 
 from . import selectors, services
 from .errors import NotFound, ServiceError
-from .models import Campaign
+from .models import Campaign, Judgment, Skip
 from .serializers import (
     CampaignSerializer,
     JudgmentInSerializer,
@@ -271,18 +271,14 @@ class ExportView(APIView):
 
     permission_classes = [permissions.IsAdminUser]
     what = "judgments"
+    model: Any = Judgment
+    lines = staticmethod(selectors.judgment_export_lines)
 
     @extend_schema(responses={(200, "application/jsonl"): OpenApiTypes.STR})
     def get(self, request: Request, slug: str) -> StreamingHttpResponse:
-        from .models import Judgment, Skip
-
         campaign = _campaign(request, slug)
-        if self.what == "judgments":
-            count, top = selectors.export_row_count(campaign=campaign, model=Judgment)
-            lines = selectors.judgment_export_lines(campaign=campaign, up_to_id=top)
-        else:
-            count, top = selectors.export_row_count(campaign=campaign, model=Skip)
-            lines = selectors.skip_export_lines(campaign=campaign, up_to_id=top)
+        count, top = selectors.export_row_count(campaign=campaign, model=self.model)
+        lines = self.lines(campaign=campaign, up_to_id=top)
         response = StreamingHttpResponse(
             _blocks(lines), content_type="application/jsonl; charset=utf-8"
         )
@@ -296,3 +292,5 @@ class ExportView(APIView):
 
 class SkipExportView(ExportView):
     what = "skips"
+    model = Skip
+    lines = staticmethod(selectors.skip_export_lines)

@@ -321,6 +321,12 @@ class Assignment(models.Model):
     def __str__(self) -> str:
         return f"lease {self.pk} of pair {self.pair_id} to user {self.annotator_id}"
 
+    @property
+    def sides(self) -> tuple[Item, Item]:
+        """(left, right): the pair's items in the order this annotator sees them."""
+        pair = self.pair
+        return (pair.item_a, pair.item_b) if self.a_on_left else (pair.item_b, pair.item_a)
+
 
 class JudgmentQuerySet(models.QuerySet):
     def delete(self):

@@ -19,6 +19,20 @@ from .models import Assignment, Campaign, Item, Judgment, Pair, Skip
 EXPORT_CHUNK = 2000
 
 
+_jsonl = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _pseudonyms() -> dict[int, str]:
+    """A per-export cache: the HMAC once per annotator, not once per row."""
+
+    class Cache(dict[int, str]):
+        def __missing__(self, user_id: int) -> str:
+            self[user_id] = annotator_pseudonym(user_id)
+            return self[user_id]
+
+    return Cache()
+
+
 def annotator_pseudonym(user_id: int) -> str:
     """A stable id for an annotator that names nobody outside this deployment."""
     digest = hmac.new(
@@ -163,12 +177,8 @@ def judgment_export_lines(*, campaign: Campaign, up_to_id: int) -> Iterator[str]
     )
     n_fixed = 10
     n_item = len(item_fields)
-    pseudonyms: dict[int, str] = {}
-    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    pseudonyms = _pseudonyms()
     for row in qs.iterator(chunk_size=EXPORT_CHUNK):
-        annotator_id = row[2]
-        if annotator_id not in pseudonyms:
-            pseudonyms[annotator_id] = annotator_pseudonym(annotator_id)
         item_a = dict(zip(item_fields, row[n_fixed : n_fixed + n_item], strict=True))
         item_b = dict(zip(item_fields, row[n_fixed + n_item :], strict=True))
         record = {
@@ -181,12 +191,12 @@ def judgment_export_lines(*, campaign: Campaign, up_to_id: int) -> Iterator[str]
             "item_b": item_b,
             "choices": row[3],
             "shown_left": row[4],
-            "annotator": pseudonyms[annotator_id],
+            "annotator": pseudonyms[row[2]],
             "duration_ms": row[5],
             "status": row[6],
             "created_at": row[7].isoformat(),
         }
-        yield dumps(record) + "\n"
+        yield _jsonl(record) + "\n"
 
 
 def skip_export_lines(*, campaign: Campaign, up_to_id: int) -> Iterator[str]:
@@ -203,22 +213,18 @@ def skip_export_lines(*, campaign: Campaign, up_to_id: int) -> Iterator[str]:
             "created_at",
         )
     )
+    pseudonyms = _pseudonyms()
     for sid, pair_id, a, b, annotator_id, reason, created_at in qs.iterator(
         chunk_size=EXPORT_CHUNK
     ):
-        yield (
-            json.dumps(
-                {
-                    "skip_id": sid,
-                    "campaign": campaign.slug,
-                    "pair_id": pair_id,
-                    "item_a": a,
-                    "item_b": b,
-                    "annotator": annotator_pseudonym(annotator_id),
-                    "reason": reason,
-                    "created_at": created_at.isoformat(),
-                },
-                ensure_ascii=False,
-            )
-            + "\n"
-        )
+        record = {
+            "skip_id": sid,
+            "campaign": campaign.slug,
+            "pair_id": pair_id,
+            "item_a": a,
+            "item_b": b,
+            "annotator": pseudonyms[annotator_id],
+            "reason": reason,
+            "created_at": created_at.isoformat(),
+        }
+        yield _jsonl(record) + "\n"

@@ -94,7 +94,7 @@ def assignment_payload(assignment: Assignment) -> dict:
     """What an annotator (person or script) sees of a lease: no model names or metadata,
     which could bias the judgment."""
     pair = assignment.pair
-    left, right = (pair.item_a, pair.item_b) if assignment.a_on_left else (pair.item_b, pair.item_a)
+    left, right = assignment.sides
     return {
         "assignment": assignment.pk,
         "pair": pair.pk,

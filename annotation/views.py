@@ -35,8 +35,7 @@ def _campaign(request: HttpRequest, slug: str) -> Campaign:
 
 
 def _sides(assignment: Assignment) -> dict[str, Any]:
-    pair = assignment.pair
-    left, right = (pair.item_a, pair.item_b) if assignment.a_on_left else (pair.item_b, pair.item_a)
+    left, right = assignment.sides
     return {"left": left, "right": right, "sides": [("left", left), ("right", right)]}
 
 
