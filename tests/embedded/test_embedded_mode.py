@@ -55,24 +55,16 @@ def embedded(tmp_path_factory):
         GUNICORN_ACCESSLOG="/dev/null",
         ENV_FILE="/dev/null",  # a developer's .env must not switch this run to PostgreSQL
     )
-    seed = subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert seed.returncode == 0, seed.stderr
-    seed = subprocess.run(
-        [sys.executable, "manage.py", "seed_demo"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert seed.returncode == 0, seed.stderr
+    for command in (["migrate", "--noinput"], ["seed_demo"]):
+        seed = subprocess.run(
+            [sys.executable, "manage.py", *command],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert seed.returncode == 0, seed.stderr
     tokens = dict(
         re.findall(r"^\s+\w+\s+(\S+)\s+password \S+\s+API token (\w+)$", seed.stdout, re.M)
     )
