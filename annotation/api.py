@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
+from django.core.files.storage import default_storage
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -15,7 +16,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from feedback_app.ranged import ranged_file_response
 from labeling import selectors as labeling_selectors
+from labeling import services as labeling_services
 
 from . import selectors, services
 from .errors import NotFound, ServiceError
@@ -294,3 +297,66 @@ class SkipExportView(ExportView):
     what = "skips"
     model = Skip
     lines = staticmethod(selectors.skip_export_lines)
+
+
+def _snapshot_payload(snapshot: Any) -> dict[str, Any]:
+    done = snapshot.status == snapshot.Status.DONE
+    return {
+        "id": snapshot.pk,
+        "campaign": snapshot.campaign.slug,
+        "status": snapshot.status,
+        "rows": snapshot.rows,
+        "size": snapshot.size,
+        "error": snapshot.error,
+        "created_at": snapshot.created_at,
+        "finished_at": snapshot.finished_at,
+        "download": f"/api/v1/exports/{snapshot.pk}/download" if done else None,
+    }
+
+
+class ExportSnapshotCreateView(APIView):
+    """Ask for a file snapshot of the judgments; poll it, then download it with Range."""
+
+    permission_classes = [permissions.IsAdminUser]
+
+    @extend_schema(request=None, responses={202: OpenApiTypes.OBJECT})
+    def post(self, request: Request, slug: str) -> Response:
+        campaign = _campaign(request, slug)
+        snapshot = labeling_services.export_snapshot_request(campaign=campaign, user=request.user)
+        return Response(_snapshot_payload(snapshot), status=status.HTTP_202_ACCEPTED)
+
+
+def _snapshot(snapshot_id: int) -> Any:
+    snapshot = labeling_selectors.export_snapshot_for(snapshot_id=snapshot_id)
+    if snapshot is None:
+        raise NotFound(f"No export {snapshot_id}.", field="id")
+    return snapshot
+
+
+class ExportSnapshotView(APIView):
+    permission_classes = [permissions.IsAdminUser]
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    def get(self, request: Request, snapshot_id: int) -> Response:
+        return Response(_snapshot_payload(_snapshot(snapshot_id)))
+
+
+class ExportSnapshotDownloadView(APIView):
+    permission_classes = [permissions.IsAdminUser]
+
+    @extend_schema(responses={(200, "application/jsonl"): OpenApiTypes.STR})
+    def get(self, request: Request, snapshot_id: int) -> Any:
+        snapshot = _snapshot(snapshot_id)
+        if snapshot.status != snapshot.Status.DONE:
+            raise ServiceError(f"Export {snapshot_id} is {snapshot.status}, not done.", field="id")
+        response = ranged_file_response(
+            request,
+            storage=default_storage,
+            name=snapshot.file.name,
+            accel_prefix=settings.MEDIA_ACCEL_REDIRECT_PREFIX,
+        )
+        response["Content-Disposition"] = (
+            f'attachment; filename="{snapshot.campaign.slug}-judgments-{snapshot.pk}.jsonl"'
+        )
+        response["X-Row-Count"] = str(snapshot.rows)
+        return response

@@ -3,6 +3,17 @@ from django.urls import path
 from . import api
 
 urlpatterns = [
+    path(
+        "campaigns/<slug:slug>/exports/",
+        api.ExportSnapshotCreateView.as_view(),
+        name="campaign-export-snapshots",
+    ),
+    path("exports/<int:snapshot_id>/", api.ExportSnapshotView.as_view(), name="export-snapshot"),
+    path(
+        "exports/<int:snapshot_id>/download",
+        api.ExportSnapshotDownloadView.as_view(),
+        name="export-snapshot-download",
+    ),
     path("campaigns/", api.CampaignListView.as_view(), name="campaign-list"),
     path(
         "campaigns/<slug:slug>/members/", api.CampaignMembersView.as_view(), name="campaign-members"

@@ -108,12 +108,14 @@ def assignment_lease_next(*, annotator: AbstractBaseUser, campaign: Campaign) ->
                 skip_locked=not blocking,
             )
             if found is None:
-                if blocking or not connection.features.has_select_for_update_skip_locked:
+                if blocking or tried or not connection.features.has_select_for_update_skip_locked:
                     return None
                 # Every free pair may be locked for an instant by other annotators' leases:
-                # that is not "nothing left". Wait for a lock once instead of skipping.
+                # that is not "nothing left". Wait for a lock once instead of skipping -- only
+                # while holding no pair lock, so two waiting requests can never deadlock.
                 blocking = True
                 continue
+            blocking = False
             pair, mine = found
             # The candidate query's snapshot may predate a lease committed just before we got
             # the lock; recount in a fresh statement now that the lock is ours.

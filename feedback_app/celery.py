@@ -14,5 +14,6 @@ app.conf.task_default_queue = Queue.DEFAULT.value
 app.conf.task_routes = {
     "labeling.tasks.aggregate_campaign": {"queue": Queue.LABELS.value},
     "labeling.tasks.aggregation_sweep": {"queue": Queue.LABELS.value},
+    "labeling.tasks.build_export_snapshot": {"queue": Queue.EXPORTS.value},
 }
 app.autodiscover_tasks()

@@ -1,5 +1,6 @@
 """What the workers compute from judgments, and the state of that computation."""
 
+from django.conf import settings
 from django.db import models
 
 from annotation.models import Campaign, Criterion, Item, Pair
@@ -70,3 +71,35 @@ class PairLabel(models.Model):
 
     def __str__(self) -> str:
         return f"pair {self.pair_id}: {self.prefer_a:.2f} of {self.count}"
+
+
+def export_upload_to(instance: "ExportSnapshot", filename: str) -> str:  # noqa: UP037
+    return f"exports/{instance.token}.jsonl"
+
+
+class ExportSnapshot(models.Model):
+    """A campaign's judgments written to a file by a worker, for downloads that can resume
+    (HTTP Range) and for datasets too big to pull in one stream. The API and the dashboard
+    read this row, never Celery's result backend."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="snapshots")
+    token = models.CharField(max_length=32, unique=True, editable=False)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    file = models.FileField(upload_to=export_upload_to, blank=True, max_length=200)
+    rows = models.PositiveIntegerField(default=0)
+    size = models.PositiveBigIntegerField(default=0)
+    error = models.TextField(blank=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"export {self.pk} of campaign {self.campaign_id} ({self.status})"

@@ -7,7 +7,7 @@ from typing import Any
 
 from annotation.models import Campaign, Item, Judgment
 
-from .models import AggregationState, ItemScore, PairLabel
+from .models import AggregationState, ExportSnapshot, ItemScore, PairLabel
 
 
 @dataclass(frozen=True)
@@ -54,3 +54,7 @@ def pair_labels(*, campaign: Campaign) -> Any:
 
 def aggregation_state(*, campaign: Campaign) -> AggregationState | None:
     return AggregationState.objects.filter(campaign=campaign).first()
+
+
+def export_snapshot_for(*, snapshot_id: int) -> ExportSnapshot | None:
+    return ExportSnapshot.objects.select_related("campaign").filter(pk=snapshot_id).first()

@@ -3,7 +3,12 @@
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from .services import aggregation_failed, aggregation_requeue_stale, aggregation_run
+from .services import (
+    aggregation_failed,
+    aggregation_requeue_stale,
+    aggregation_run,
+    export_snapshot_build,
+)
 
 
 @shared_task(
@@ -28,3 +33,16 @@ def aggregate_campaign(campaign_id: int) -> None:
 @shared_task(acks_late=True, time_limit=120)
 def aggregation_sweep() -> None:
     aggregation_requeue_stale()
+
+
+@shared_task(
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=True,
+    max_retries=3,
+    soft_time_limit=3600,
+    time_limit=3660,
+)
+def build_export_snapshot(snapshot_id: int) -> None:
+    export_snapshot_build(snapshot_id=snapshot_id)
