@@ -11,7 +11,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
@@ -35,7 +35,24 @@ class RequestIdMiddleware:
         finally:
             request_id.reset(token)
         response["X-Request-ID"] = rid
+        if response.streaming:
+            # The body of a streamed response is produced after this returns: keep the id
+            # on the log lines written while it is.
+            response.streaming_content = _with_request_id(response.streaming_content, rid)
         return response
+
+
+def _with_request_id(chunks: Iterable[bytes], rid: str) -> Iterator[bytes]:
+    iterator = iter(chunks)
+    while True:
+        token = request_id.set(rid)
+        try:
+            chunk = next(iterator)
+        except StopIteration:
+            return
+        finally:
+            request_id.reset(token)
+        yield chunk
 
 
 class RequestIdFilter(logging.Filter):

@@ -26,6 +26,30 @@ def test_request_ids_are_echoed_or_made(client):
     )
 
 
+def test_log_lines_written_while_streaming_carry_the_request_id():
+    from django.http import HttpResponse, StreamingHttpResponse
+
+    from feedback_app.request_id import RequestIdMiddleware
+
+    seen = []
+
+    def body():
+        for n in range(3):
+            seen.append(request_id.get())
+            yield f"line {n}\n".encode()
+
+    middleware = RequestIdMiddleware(lambda request: StreamingHttpResponse(body()))
+    from django.test import RequestFactory
+
+    response = middleware(RequestFactory().get("/", HTTP_X_REQUEST_ID="trace-7"))
+    assert request_id.get() == "-"  # nothing leaks out of the request
+    assert b"".join(response.streaming_content) == b"line 0\nline 1\nline 2\n"
+    assert seen == ["trace-7"] * 3 and request_id.get() == "-"
+    assert isinstance(
+        RequestIdMiddleware(lambda r: HttpResponse("x"))(RequestFactory().get("/")), HttpResponse
+    )
+
+
 def test_json_log_lines_carry_the_request_id():
     record = logging.LogRecord(
         "annotation", logging.WARNING, __file__, 1, "lease %s lost", (7,), None
