@@ -12,6 +12,7 @@ from django.core.files.storage import Storage
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 CHUNK = 64 * 1024
+mimetypes.add_type("application/jsonl", ".jsonl")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 

@@ -43,6 +43,7 @@ def test_snapshot_is_built_by_the_exports_worker_and_downloads_in_ranges(
     whole = client.get(snap["download"])
     body = b"".join(whole.streaming_content)
     assert whole.status_code == 200 and body == streamed and whole["X-Row-Count"] == str(total)
+    assert whole["Content-Type"] == "application/jsonl"
     part = client.get(snap["download"], HTTP_RANGE="bytes=100-1099")
     assert part.status_code == 206 and b"".join(part.streaming_content) == body[100:1100]
     name = ExportSnapshot.objects.get().file.name
