@@ -97,7 +97,6 @@ def assignment_lease_next(*, annotator: AbstractBaseUser, campaign: Campaign) ->
             return held
 
         tried: list[int] = []
-        blocking = False
         for _ in range(LEASE_CANDIDATE_TRIES):
             found = _lock_candidate_pair(
                 campaign_id=campaign.pk,
@@ -105,17 +104,24 @@ def assignment_lease_next(*, annotator: AbstractBaseUser, campaign: Campaign) ->
                 k=k,
                 now=now,
                 exclude=tried,
-                skip_locked=not blocking,
+                wait=False,
             )
             if found is None:
-                if blocking or tried or not connection.features.has_select_for_update_skip_locked:
+                if tried or not connection.features.has_select_for_update_skip_locked:
                     return None
                 # Every free pair may be locked for an instant by other annotators' leases:
-                # that is not "nothing left". Wait for a lock once instead of skipping -- only
-                # while holding no pair lock, so two waiting requests can never deadlock.
-                blocking = True
-                continue
-            blocking = False
+                # that is not "nothing left". Wait for one of them, once, while holding no
+                # pair lock of our own.
+                found = _lock_candidate_pair(
+                    campaign_id=campaign.pk,
+                    annotator_id=annotator.pk,
+                    k=k,
+                    now=now,
+                    exclude=tried,
+                    wait=True,
+                )
+                if found is None or found is _RETRY:
+                    return None
             pair, mine = found
             # The candidate query's snapshot may predate a lease committed just before we got
             # the lock; recount in a fresh statement now that the lock is ours.
@@ -158,33 +164,74 @@ LIMIT 1
 """
 
 
-def _lock_candidate_pair(
-    *, campaign_id: int, annotator_id: Any, k: int, now: Any, exclude: list[int], skip_locked: bool
-) -> tuple[Pair, int | None] | None:
-    """Lock and return the first pair that looks free for the annotator: the most-judged
-    first, so pairs complete, then the oldest. Call inside a transaction.
-
-    Written as SQL: this runs on every lease and the ORM spent longer building the statement
-    than PostgreSQL spends running it (the pair_lease_order index serves the ORDER BY). With
-    SKIP LOCKED, concurrent annotators each lock a different pair instead of queueing; SQLite
-    has no row locks and serialises writers instead (see feedback_app/embedded.py).
-    """
-    if connection.features.has_select_for_update_skip_locked:
-        lock = "FOR UPDATE OF p SKIP LOCKED" if skip_locked else "FOR UPDATE OF p"
-    else:
-        lock = ""
+def _candidate_row(
+    *,
+    campaign_id: int,
+    annotator_id: Any,
+    k: int,
+    now: Any,
+    exclude: list[int],
+    lock: str,
+    only: int | None = None,
+) -> tuple[Any, ...] | None:
+    ids = [*exclude] + ([] if only is None else [only])
+    where = f"AND p.id NOT IN ({', '.join(['%s'] * len(exclude))})" if exclude else ""
+    if only is not None:
+        where += " AND p.id = %s"
     sql = _CANDIDATE_SQL.format(
         pair=Pair._meta.db_table,
         judgment=Judgment._meta.db_table,
         skip=Skip._meta.db_table,
         assignment=Assignment._meta.db_table,
-        exclude=f"AND p.id NOT IN ({', '.join(['%s'] * len(exclude))})" if exclude else "",
+        exclude=where,
         lock=lock,
     )
-    params = [annotator_id, campaign_id, k, annotator_id, annotator_id, now, k, *exclude]
+    params = [annotator_id, campaign_id, k, annotator_id, annotator_id, now, k, *ids]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        row = cursor.fetchone()
+        return cursor.fetchone()
+
+
+_RETRY = object()  # the pair waited for was taken meanwhile
+
+
+def _lock_candidate_pair(
+    *, campaign_id: int, annotator_id: Any, k: int, now: Any, exclude: list[int], wait: bool
+) -> Any:
+    """Lock and return (pair, id of the annotator's own open lease of it or None) for the
+    first pair that looks free for the annotator: the most-judged first, so pairs complete,
+    then the oldest. None when there is none. Call inside a transaction.
+
+    Without `wait`, SKIP LOCKED: concurrent annotators each lock a different pair instead of
+    queueing. With `wait`, the candidate is chosen without locks, then that one row is
+    locked (waiting for its holder) and checked again; a locking scan that waits could keep
+    locks on rows it passed over and deadlock with another. Returns _RETRY when the pair
+    was taken while we waited. SQLite has no row locks and serialises writers instead (see
+    feedback_app/embedded.py).
+
+    Written as SQL: this runs on every lease and the ORM spent longer building the statement
+    than PostgreSQL spends running it (the pair_lease_order index serves the ORDER BY).
+    """
+    args = {
+        "campaign_id": campaign_id,
+        "annotator_id": annotator_id,
+        "k": k,
+        "now": now,
+        "exclude": exclude,
+    }
+    if not connection.features.has_select_for_update_skip_locked:
+        row = _candidate_row(**args, lock="")
+    elif not wait:
+        row = _candidate_row(**args, lock="FOR UPDATE OF p SKIP LOCKED")
+    else:
+        row = _candidate_row(**args, lock="")
+        if row is None:
+            return None
+        Pair.objects.select_for_update().filter(pk=row[0]).exists()
+        # A fresh statement, now that the lock is ours, sees what its holder committed.
+        row = _candidate_row(**args, lock="", only=row[0])
+        if row is None:
+            return _RETRY
     if row is None:
         return None
     return Pair(id=row[0], judgment_count=row[1], campaign_id=campaign_id), row[2]
