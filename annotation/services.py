@@ -97,29 +97,18 @@ def assignment_lease_next(*, annotator: AbstractBaseUser, campaign: Campaign) ->
             return held
 
         tried: list[int] = []
+        candidate = partial(
+            _lock_candidate_pair, campaign_id=campaign.pk, annotator_id=annotator.pk, k=k, now=now
+        )
         for _ in range(LEASE_CANDIDATE_TRIES):
-            found = _lock_candidate_pair(
-                campaign_id=campaign.pk,
-                annotator_id=annotator.pk,
-                k=k,
-                now=now,
-                exclude=tried,
-                wait=False,
-            )
+            found = candidate(exclude=tried, wait=False)
             if found is None:
                 if tried or not connection.features.has_select_for_update_skip_locked:
                     return None
                 # Every free pair may be locked for an instant by other annotators' leases:
                 # that is not "nothing left". Wait for one of them, once, while holding no
                 # pair lock of our own.
-                found = _lock_candidate_pair(
-                    campaign_id=campaign.pk,
-                    annotator_id=annotator.pk,
-                    k=k,
-                    now=now,
-                    exclude=tried,
-                    wait=True,
-                )
+                found = candidate(exclude=tried, wait=True)
                 if found is None or found is _RETRY:
                     return None
             pair, mine = found
