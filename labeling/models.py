@@ -28,6 +28,10 @@ class AggregationState(models.Model):
     last_finished_at = models.DateTimeField(null=True, blank=True)
     judgments_used = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True)
+    # The last applied fit: whether the solver converged, and in how many iterations. An
+    # unconverged fit is applied but recorded as such, never silently.
+    fit_converged = models.BooleanField(null=True, blank=True)
+    fit_iterations = models.PositiveIntegerField(default=0)
 
     def __str__(self) -> str:
         return f"aggregation of campaign {self.campaign_id}"
@@ -99,6 +103,12 @@ class ExportSnapshot(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # Database time of the last enqueue, start and sign of life of a build: a sweep re-runs
+    # snapshots whose task was lost.
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:

@@ -9,7 +9,7 @@ from django.db import connection
 
 from annotation import services
 from feedback_app.celery import app
-from labeling import services as labeling_services
+from labeling.services import aggregation as labeling_services
 from labeling.models import AggregationState, ItemScore, PairLabel
 from tests.factories import UserFactory, text_campaign
 

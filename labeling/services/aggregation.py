@@ -1,4 +1,4 @@
-"""Writes of the labeling app: scheduling and applying aggregation runs."""
+"""Aggregation: scheduling runs after judgments commit, and applying their results."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import bradley_terry
-from .models import AggregationState, ExportSnapshot, ItemScore, PairLabel
+from .. import bradley_terry
+from ..models import AggregationState, ItemScore, PairLabel
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ PENDING_STALE_AFTER = timedelta(minutes=10)
 def _enqueue(campaign_id: int) -> None:
     from django.conf import settings
 
-    from .tasks import aggregate_campaign
+    from ..tasks.aggregation import aggregate_campaign
 
     # The delay batches a burst of judgments into one run; the pending flag stays set
     # meanwhile, so none of them enqueues another.
@@ -104,7 +104,7 @@ def aggregation_run(*, campaign_id: int) -> bool:
     """
     from annotation.models import Campaign
 
-    from .selectors import aggregation_inputs
+    from ..selectors import aggregation_inputs
 
     now = timezone.now()
     with transaction.atomic():
@@ -196,55 +196,3 @@ def aggregation_run(*, campaign_id: int) -> bool:
 
 def aggregation_failed(*, campaign_id: int, error: Any) -> None:
     AggregationState.objects.filter(campaign_id=campaign_id).update(last_error=str(error)[:2000])
-
-
-def export_snapshot_request(*, campaign: Any, user: Any) -> ExportSnapshot:
-    """Ask a worker (the exports queue) to write the campaign's judgments to a file."""
-    import uuid
-
-    from .tasks import build_export_snapshot
-
-    snapshot = ExportSnapshot.objects.create(
-        campaign=campaign, token=uuid.uuid4().hex, requested_by_id=user.pk
-    )
-    transaction.on_commit(lambda: build_export_snapshot.delay(snapshot.pk))
-    return snapshot
-
-
-def export_snapshot_build(*, snapshot_id: int) -> ExportSnapshot:
-    """Write the snapshot's file. Idempotent: a finished snapshot is left as it is, and a
-    rerun after a crash starts the file again from nothing."""
-    import tempfile
-
-    from django.core.files import File
-
-    from annotation.selectors import export_row_count, judgment_export_lines
-
-    snapshot = ExportSnapshot.objects.select_related("campaign").get(pk=snapshot_id)
-    if snapshot.status == ExportSnapshot.Status.DONE:
-        return snapshot
-    ExportSnapshot.objects.filter(pk=snapshot_id).update(status=ExportSnapshot.Status.RUNNING)
-    try:
-        count, top = export_row_count(campaign=snapshot.campaign)
-        rows = 0
-        with tempfile.TemporaryFile() as tmp:
-            for line in judgment_export_lines(campaign=snapshot.campaign, up_to_id=top):
-                tmp.write(line.encode())
-                rows += 1
-            if rows != count:
-                raise RuntimeError(f"wrote {rows} rows, expected {count}")
-            tmp.seek(0)
-            if snapshot.file:
-                snapshot.file.delete(save=False)
-            snapshot.file.save("export.jsonl", File(tmp), save=False)
-        snapshot.rows = rows
-        snapshot.size = snapshot.file.size
-        snapshot.status = ExportSnapshot.Status.DONE
-        snapshot.error = ""
-    except Exception as exc:
-        snapshot.status = ExportSnapshot.Status.FAILED
-        snapshot.error = str(exc)[:2000]
-        log.exception("export snapshot %s failed", snapshot_id)
-    snapshot.finished_at = timezone.now()
-    snapshot.save(update_fields=["file", "rows", "size", "status", "error", "finished_at"])
-    return snapshot

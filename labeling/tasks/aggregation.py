@@ -1,17 +1,13 @@
-"""Celery entry points of the labeling app: take ids, call one service."""
+"""Celery entry points for aggregation: take ids, call one service."""
 
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from .services import (
-    aggregation_failed,
-    aggregation_requeue_stale,
-    aggregation_run,
-    export_snapshot_build,
-)
+from ..services import aggregation_failed, aggregation_requeue_stale, aggregation_run
 
 
 @shared_task(
+    name="labeling.tasks.aggregate_campaign",
     acks_late=True,
     reject_on_worker_lost=True,
     autoretry_for=(OperationalError, InterfaceError),  # a database blip, not a bug
@@ -30,19 +26,6 @@ def aggregate_campaign(campaign_id: int) -> None:
         raise
 
 
-@shared_task(acks_late=True, time_limit=120)
+@shared_task(name="labeling.tasks.aggregation_sweep", acks_late=True, time_limit=120)
 def aggregation_sweep() -> None:
     aggregation_requeue_stale()
-
-
-@shared_task(
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=(OperationalError, InterfaceError),
-    retry_backoff=True,
-    max_retries=3,
-    soft_time_limit=3600,
-    time_limit=3660,
-)
-def build_export_snapshot(snapshot_id: int) -> None:
-    export_snapshot_build(snapshot_id=snapshot_id)

@@ -1,0 +1,30 @@
+"""Every write of the annotation app, by concern:
+
+- `leases`: leasing the next pair, judgments, skips and renewals (the lease engine);
+- `campaigns`: campaigns and their members;
+- `imports`: bulk imports of prompts, items and pairs.
+"""
+
+from .campaigns import campaign_create, membership_add
+from .imports import items_bulk_create, messages_normalise, pairs_bulk_create, prompts_bulk_create
+from .leases import (
+    assignment_lease_next,
+    assignment_renew,
+    choices_canonical,
+    judgment_submit,
+    skip_create,
+)
+
+__all__ = [
+    "assignment_lease_next",
+    "assignment_renew",
+    "campaign_create",
+    "choices_canonical",
+    "items_bulk_create",
+    "judgment_submit",
+    "membership_add",
+    "messages_normalise",
+    "pairs_bulk_create",
+    "prompts_bulk_create",
+    "skip_create",
+]
