@@ -42,13 +42,17 @@ demo: migrate
 /usr/bin/chromium:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 
+# A second web host with its clock off, for the one-clock lease tests: Debian's faketime.
+/usr/bin/faketime:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null
+
 # Compose-file validation uses Debian's docker-compose (the v1 parser; no engine needed).
 /usr/bin/docker-compose:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
 
 test: install-dev
 	$(PY) -m feedback_app.preflight --require-servers
-	$(MAKE) --no-print-directory /usr/bin/chromium /usr/bin/docker-compose
+	$(MAKE) --no-print-directory /usr/bin/chromium /usr/bin/docker-compose /usr/bin/faketime
 	$(PY) -m pytest
 
 lint: install-dev

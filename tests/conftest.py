@@ -107,11 +107,11 @@ GUNICORN_APP_NAME = "feedback-test-gunicorn"  # marks its database sessions
 
 
 @pytest.fixture
-def gunicorn_server(transactional_db, tmp_path, settings, media_root, collected_static):
-    """gunicorn with DEBUG off and production static/media handling, on the test database.
-
-    Yields (base_url, settings_env). Data written by the test is committed, so the server
-    sees it."""
+def gunicorn_factory(transactional_db, tmp_path, settings, media_root, collected_static):
+    """Start gunicorn servers with DEBUG off and production static/media handling, on the test
+    database: `start(prefix=[...])` runs the server under a wrapper command (e.g. Debian's
+    `faketime`, for a host whose clock is off) and returns its base URL. Data written by the
+    test is committed, so the servers see it. Every server is stopped at the end."""
     import os
     import signal
     import socket
@@ -122,50 +122,67 @@ def gunicorn_server(transactional_db, tmp_path, settings, media_root, collected_
     import httpx
     from django.db import connection
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    db = connection.settings_dict
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:"
-        f"{db['PORT'] or 5432}/{db['NAME']}?application_name={GUNICORN_APP_NAME}",
-        "ENV_FILE": "/dev/null",
-        "DEBUG": "false",
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "WEB_CONCURRENCY": "1",
-        "GUNICORN_THREADS": "4",
-        "GUNICORN_ACCESSLOG": "/dev/null",
-        "STATIC_ROOT": str(collected_static),
-        "MEDIA_ROOT": str(settings.MEDIA_ROOT),
-        "SECRET_KEY": settings.SECRET_KEY,
-    }
     root = Path(__file__).resolve().parents[1]
     bindir = Path(sys.executable).parent
-    log = open(tmp_path / "gunicorn.log", "w")  # noqa: SIM115 - closed in the finally below
-    proc = subprocess.Popen(
-        [str(bindir / "gunicorn"), "feedback_app.wsgi:application", "--config", "gunicorn.conf.py"],
-        cwd=root,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
+    started: list[tuple[subprocess.Popen, object]] = []
+
+    def start(prefix: list[str] = ()) -> str:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        db = connection.settings_dict
+        env = {
+            **os.environ,
+            "DATABASE_URL": f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:"
+            f"{db['PORT'] or 5432}/{db['NAME']}?application_name={GUNICORN_APP_NAME}",
+            "ENV_FILE": "/dev/null",
+            "DEBUG": "false",
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "WEB_CONCURRENCY": "1",
+            "GUNICORN_THREADS": "4",
+            "GUNICORN_ACCESSLOG": "/dev/null",
+            "STATIC_ROOT": str(collected_static),
+            "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+            "SECRET_KEY": settings.SECRET_KEY,
+        }
+        log_path = tmp_path / f"gunicorn-{port}.log"
+        log = open(log_path, "w")  # noqa: SIM115 - closed when the fixture ends
+        proc = subprocess.Popen(
+            [
+                *prefix,
+                str(bindir / "gunicorn"),
+                "feedback_app.wsgi:application",
+                "--config",
+                "gunicorn.conf.py",
+            ],
+            cwd=root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        started.append((proc, log))
+        base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while True:
             try:
                 httpx.get(f"{base}/healthz", timeout=2)
-                break
+                return base
             except httpx.TransportError:
-                assert proc.poll() is None and time.monotonic() < deadline, (
-                    tmp_path / "gunicorn.log"
-                ).read_text()
+                assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
                 time.sleep(0.2)
-        yield base
+
+    try:
+        yield start
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-        log.close()
+        for proc, log in started:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+            log.close()
+
+
+@pytest.fixture
+def gunicorn_server(gunicorn_factory):
+    """One gunicorn server (see gunicorn_factory); yields its base URL."""
+    return gunicorn_factory()
