@@ -62,6 +62,17 @@ class Campaign(models.Model):
     lease_seconds = models.PositiveIntegerField(
         default=300, validators=[MinValueValidator(10), MaxValueValidator(86_400)]
     )
+    lease_max_seconds = models.PositiveIntegerField(
+        default=3600,
+        validators=[MinValueValidator(10), MaxValueValidator(7 * 86_400)],
+        help_text="Renewals never keep a lease alive longer than this after it was taken "
+        "(or lease_seconds, if longer): an idle open tab does not hold a slot forever.",
+    )
+    pair_order = models.CharField(
+        max_length=40,
+        default="complete_first_spread",
+        help_text="Which free pair an annotator gets next; see annotation/pair_order.py.",
+    )
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
     both_bad_counts_as = models.CharField(
         max_length=10, choices=BothBad.choices, default=BothBad.TIE
@@ -92,6 +103,22 @@ class Campaign(models.Model):
     @property
     def is_open(self) -> bool:
         return self.status == self.Status.ACTIVE
+
+    @property
+    def renew_every_ms(self) -> int:
+        """How often an open, active compare page renews its lease: a third of the lease, so
+        one lost renewal still leaves another try before it expires."""
+        return self.lease_seconds * 1000 // 3
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        from .pair_order import PAIR_ORDERS
+
+        if self.pair_order not in PAIR_ORDERS:
+            raise ValidationError(
+                {"pair_order": f"Unknown pair order; use one of: {', '.join(PAIR_ORDERS)}."}
+            )
 
 
 class FrozenWhenJudged(models.Model):
@@ -147,6 +174,9 @@ class Membership(models.Model):
     campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
     joined_at = models.DateTimeField(auto_now_add=True)
+    # The group (prompt or episode) of the member's last lease, so the next one comes from
+    # another group; written under this row's lock by the lease engine.
+    last_group_key = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -234,17 +264,33 @@ class Item(FrozenWhenJudged):
         return reverse("media", args=[self.clip.name]) if self.clip else ""
 
 
+def pair_group_key(item: Item) -> int:
+    """The group a pair belongs to, for spreading leases: its prompt (text), or its dataset
+    and episode (trajectory) folded into a stable 63-bit number."""
+    if item.prompt_id is not None:
+        return int(item.prompt_id)
+    import hashlib
+
+    digest = hashlib.blake2b(f"{item.dataset}\x00{item.episode}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big") >> 1
+
+
 class Pair(FrozenWhenJudged):
     """Two items of one campaign, stored with item_a.id < item_b.id.
 
     `judgment_count` is maintained under the pair's row lock by the submit service; it
-    lets the lease query skip full pairs without counting judgments.
+    lets the lease query skip full pairs without counting judgments. `group_key` (the prompt
+    or episode) and `spread_rank` (the pair's position among its group's pairs) are set when
+    the pair is created (`pairs_prepare`), so the lease order can spread fresh pairs across
+    groups while staying an index scan.
     """
 
     campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="pairs")
     item_a = models.ForeignKey(Item, on_delete=models.PROTECT, related_name="+")
     item_b = models.ForeignKey(Item, on_delete=models.PROTECT, related_name="+")
     judgment_count = models.PositiveIntegerField(default=0)
+    group_key = models.BigIntegerField(default=0)
+    spread_rank = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -254,14 +300,23 @@ class Pair(FrozenWhenJudged):
             ),
             models.UniqueConstraint(fields=["item_a", "item_b"], name="pair_unique_items"),
         ]
-        # Matches the lease query's ORDER BY, so it stops at the first free pair instead of
-        # sorting every open pair of the campaign.
+        # Matches the default lease order's ORDER BY, so the lease query stops at the first
+        # free pair instead of sorting every open pair; the columns it filters on (group_key)
+        # are in the index too, not joins.
         indexes = [
-            models.Index(fields=["campaign", "-judgment_count", "id"], name="pair_lease_order")
+            models.Index(
+                fields=["campaign", "-judgment_count", "spread_rank", "id", "group_key"],
+                name="pair_lease_order",
+            )
         ]
 
     def __str__(self) -> str:
         return f"pair {self.pk} ({self.item_a_id} vs {self.item_b_id})"
+
+    def save(self, *args, **kwargs):
+        if self._state.adding and self.item_a_id is not None and not self.group_key:
+            pairs_prepare([self])
+        super().save(*args, **kwargs)
 
     def clean(self) -> None:
         """For forms (the admin): put the items in canonical order and check they belong
@@ -286,13 +341,41 @@ class Pair(FrozenWhenJudged):
         return self.pk is not None and Judgment.objects.filter(pair_id=self.pk).exists()
 
 
+def pairs_prepare(pairs: list[Pair]) -> list[Pair]:
+    """Fill group_key and spread_rank of new pairs (before a save or bulk_create): the n-th
+    pair of a group gets rank n, counting the group's pairs already stored, so ordering by
+    rank hands out every group's first pair before any group's second."""
+    from collections import Counter
+
+    items = Item.objects.in_bulk({p.item_a_id for p in pairs})
+    for pair in pairs:
+        pair.group_key = pair_group_key(items[pair.item_a_id])
+    campaigns = {p.campaign_id for p in pairs}
+    taken = Counter(
+        {
+            (row["campaign_id"], row["group_key"]): row["n"]
+            for row in Pair.objects.filter(
+                campaign_id__in=campaigns, group_key__in={p.group_key for p in pairs}
+            )
+            .values("campaign_id", "group_key")
+            .annotate(n=models.Count("id"))
+        }
+    )
+    for pair in pairs:
+        key = (pair.campaign_id, pair.group_key)
+        pair.spread_rank = taken[key]
+        taken[key] += 1
+    return pairs
+
+
 class Assignment(models.Model):
-    """A lease: the pair is held for one annotator until `expires_at`."""
+    """A lease: the pair is held for one annotator until `expires_at` (database time)."""
 
     class Status(models.TextChoices):
         OPEN = "open"
         DONE = "done"  # judged
         SKIPPED = "skipped"
+        RELEASED = "released"  # the annotator was removed or deactivated
 
     pair = models.ForeignKey(Pair, on_delete=models.CASCADE, related_name="assignments")
     annotator = models.ForeignKey(

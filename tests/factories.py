@@ -4,7 +4,7 @@ import factory
 from django.contrib.auth import get_user_model
 
 from annotation import services
-from annotation.models import Campaign, Item, Pair, Prompt
+from annotation.models import Campaign, Item, Pair, Prompt, pairs_prepare
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -79,7 +79,7 @@ def text_campaign(*, n_prompts=4, responses=3, k=3, members=(), criteria=None, *
         for n in range(n_prompts)
         for a, b in combinations(items[n * responses : (n + 1) * responses], 2)
     ]
-    Pair.objects.bulk_create(pairs)
+    Pair.objects.bulk_create(pairs_prepare(pairs))
     for user in members:
         services.membership_add(campaign=campaign, user=user)
     return campaign

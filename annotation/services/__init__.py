@@ -10,6 +10,7 @@ from .imports import items_bulk_create, messages_normalise, pairs_bulk_create, p
 from .leases import (
     assignment_lease_next,
     assignment_renew,
+    assignments_release,
     choices_canonical,
     judgment_submit,
     skip_create,
@@ -18,6 +19,7 @@ from .leases import (
 __all__ = [
     "assignment_lease_next",
     "assignment_renew",
+    "assignments_release",
     "campaign_create",
     "choices_canonical",
     "items_bulk_create",

@@ -11,7 +11,7 @@ from typing import Any
 from django.db import transaction
 
 from ..errors import ServiceError
-from ..models import Campaign, Pair
+from ..models import Campaign, Pair, pairs_prepare
 
 
 def _rows_check(rows: Any) -> list[dict[str, Any]]:
@@ -244,4 +244,4 @@ def pairs_bulk_create(*, campaign: Campaign, rows: Any) -> list[Pair]:
                 "This pair already exists in the campaign.", field=f"rows[{seen[key]}]"
             )
     with transaction.atomic():
-        return Pair.objects.bulk_create(objs, batch_size=1000)
+        return Pair.objects.bulk_create(pairs_prepare(objs), batch_size=1000)

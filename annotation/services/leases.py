@@ -1,23 +1,38 @@
-"""Every write of the annotation app: leases, judgments, skips, campaigns and bulk imports.
+"""The lease engine: which pair an annotator gets, and every write that takes or frees a slot
+(leases, judgments, skips, renewals, releases).
 
 Slot invariant: for every pair, active judgments + live leases held by annotators who have
-not judged it <= campaign.judgments_per_pair (k). Every operation that takes a slot (a lease,
-a renewal of an expired lease, a submit on an expired lease) holds the pair's row lock while
-it recounts, so two of them can never both see the last free slot.
+not judged it <= campaign.judgments_per_pair (k).
+
+The discipline every function here follows:
+
+1. Locks come from `annotation/locks.py`, one helper per row lock, in the order written there
+   (membership -> pair). Every operation that takes or may take a slot of a pair — a lease, a
+   submit, a skip, a renewal — decides while holding that pair's lock.
+2. After taking a lock, what the decision depends on is re-read in a fresh statement
+   (`_slot_state`): a value read by the statement that waited is from before the wait, so a
+   skip committed by a second tab meanwhile would be missed.
+3. One clock: the database's. Every liveness decision compares with the database's time in
+   the deciding statement (`_NOW`), and new expiry times are that time plus the lease length.
+   Two web hosts whose clocks differ can never disagree on whether a lease is live.
+4. Results are typed (`SlotState`, `Assignment`, `Judgment`); no sentinels.
+5. "Nothing left" only when nothing is left: a lease request rescans until it holds a pair or
+   a scan that skips no locked row finds none for this annotator.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Exists, F, OuterRef, Subquery
-from django.utils import timezone
+from django.db.models import Exists, F, OuterRef
+from django.utils.dateparse import parse_datetime
 
 from labeling.services import aggregation_request
 
@@ -29,14 +44,40 @@ from ..errors import (
     NotFound,
     ServiceError,
 )
+from ..locks import membership_lock, pair_lock
 from ..models import Assignment, Campaign, Choice, Judgment, Membership, Pair, Skip
+from ..pair_order import pair_order_for
 
 SIDE_CHOICES = ("left", "right")
 VALID_CHOICES = (*SIDE_CHOICES, *Choice.values)
-# How many locked candidates a lease request may find full before it gives up on this round;
-# only a race with a just-committed lease makes a candidate full, so a few tries suffice.
-LEASE_CANDIDATE_TRIES = 5
 MAX_DURATION_MS = 2**31 - 1  # the column is a 32-bit integer
+
+_TABLES = {
+    "pair": Pair._meta.db_table,
+    "assignment": Assignment._meta.db_table,
+    "judgment": Judgment._meta.db_table,
+    "skip": Skip._meta.db_table,
+    "membership": Membership._meta.db_table,
+    "campaign": Campaign._meta.db_table,
+}
+
+
+def _now_sql() -> str:
+    """The database's time in a statement: the time the statement started (PostgreSQL's
+    now() would be the transaction's start, before any lock wait). SQLite stores datetimes as
+    UTC text that compares in order. Escaped for use with query parameters."""
+    if connection.vendor == "postgresql":
+        return "STATEMENT_TIMESTAMP()"
+    return "STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'NOW')"
+
+
+def _datetime(value: Any) -> datetime | None:
+    """A datetime read by a raw query: aware already (PostgreSQL) or UTC text (SQLite)."""
+    if value is None or isinstance(value, datetime):
+        return value
+    parsed = parse_datetime(value)
+    assert parsed is not None, value
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _require_active(campaign: Campaign) -> None:
@@ -46,184 +87,230 @@ def _require_active(campaign: Campaign) -> None:
         )
 
 
-def _require_member_of_active(*, user: AbstractBaseUser, campaign: Campaign) -> None:
-    """Call inside a transaction. Locks the membership row, which serialises one
-    annotator's lease requests in a campaign (a double click, two tabs) without touching
-    anyone else's: the second sees the lease the first took instead of taking another."""
-    if (
-        not Membership.objects.select_for_update()
-        .filter(campaign=campaign, user_id=user.pk)
-        .exists()
-    ):
-        raise Forbidden(f"You are not a member of campaign '{campaign.slug}'.")
-    _require_active(campaign)
+# ---- what a decision depends on, read in a fresh statement after the lock ----------------
 
 
-def _live_leases(*, pair_id: Any, now: Any, exclude_annotator_id: Any = None) -> int:
-    qs = Assignment.objects.filter(
-        pair_id=pair_id, status=Assignment.Status.OPEN, expires_at__gt=now
+@dataclass(frozen=True)
+class SlotState:
+    """A pair as one annotator's operation sees it, read after taking the pair's lock."""
+
+    now: datetime  # the database's time
+    judgment_count: int
+    item_a_id: int
+    item_b_id: int
+    group_key: int
+    others_live: int  # live leases of other annotators
+    judged_id: int | None  # this annotator's judgment of the pair
+    skipped: bool  # this annotator skipped the pair
+    own_open_lease_id: int | None  # the newest open lease of this annotator, live or not
+    lease_status: str | None  # the lease the operation came through, if any
+    lease_live: bool
+    lease_leased_at: datetime | None
+
+    def has_free_slot(self, k: int) -> bool:
+        """A slot this annotator could take: their own live lease is not counted."""
+        return self.judgment_count + self.others_live < k
+
+
+_SLOT_STATE_SQL = """
+SELECT p.judgment_count, p.item_a_id, p.item_b_id, p.group_key,
+  (SELECT COUNT(*) FROM {assignment} a
+   WHERE a.pair_id = p.id AND a.status = 'open' AND a.expires_at > {now}
+     AND a.annotator_id <> %(me)s),
+  (SELECT j.id FROM {judgment} j WHERE j.pair_id = p.id AND j.annotator_id = %(me)s),
+  EXISTS (SELECT 1 FROM {skip} s WHERE s.pair_id = p.id AND s.annotator_id = %(me)s),
+  (SELECT a.id FROM {assignment} a
+   WHERE a.pair_id = p.id AND a.annotator_id = %(me)s AND a.status = 'open'
+   ORDER BY a.id DESC LIMIT 1),
+  l.status, l.expires_at > {now}, l.leased_at,
+  {now}
+FROM {pair} p LEFT JOIN {assignment} l ON l.id = %(lease)s AND l.pair_id = p.id
+WHERE p.id = %(pair)s
+"""
+
+
+def _slot_state(*, pair_id: int, annotator_id: Any, lease_id: int | None = None) -> SlotState:
+    """Call holding the pair's lock (locks.pair_lock), in a statement of its own."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _SLOT_STATE_SQL.format(now=_now_sql(), **_TABLES),
+            {"me": annotator_id, "lease": lease_id, "pair": pair_id},
+        )
+        row = cursor.fetchone()
+    now = _datetime(row[11])
+    assert now is not None
+    return SlotState(
+        now=now,
+        judgment_count=row[0],
+        item_a_id=row[1],
+        item_b_id=row[2],
+        group_key=row[3],
+        others_live=row[4],
+        judged_id=row[5],
+        skipped=bool(row[6]),
+        own_open_lease_id=row[7],
+        lease_status=row[8],
+        lease_live=bool(row[9]),
+        lease_leased_at=_datetime(row[10]),
     )
-    if exclude_annotator_id is not None:
-        qs = qs.exclude(annotator_id=exclude_annotator_id)
-    return qs.count()
 
 
-def _has_free_slot(*, pair: Pair, k: int, now: Any, annotator_id: Any) -> bool:
-    """Call while holding the pair's row lock, with `pair` read under that lock."""
-    others = _live_leases(pair_id=pair.pk, now=now, exclude_annotator_id=annotator_id)
-    return pair.judgment_count + others < k
+# ---- leasing the next pair ---------------------------------------------------------------
 
 
-def assignment_lease_next(*, annotator: AbstractBaseUser, campaign: Campaign) -> Assignment | None:
-    """Lease the next pair for `annotator`, or return the live lease they already hold.
-
-    Returns None when nothing is left for them: every pair is full, judged or skipped by them.
-    """
-    now = timezone.now()
-    k = campaign.judgments_per_pair
-    with transaction.atomic():
-        _require_member_of_active(user=annotator, campaign=campaign)
-        held = (
-            Assignment.objects.filter(
-                annotator_id=annotator.pk,
-                campaign=campaign,
-                status=Assignment.Status.OPEN,
-                expires_at__gt=now,
-            )
-            .order_by("-id")
-            .first()
-        )
-        if held is not None:
-            return held
-
-        tried: list[int] = []
-        candidate = partial(
-            _lock_candidate_pair, campaign_id=campaign.pk, annotator_id=annotator.pk, k=k, now=now
-        )
-        for _ in range(LEASE_CANDIDATE_TRIES):
-            found = candidate(exclude=tried, wait=False)
-            if found is None:
-                if tried or not connection.features.has_select_for_update_skip_locked:
-                    return None
-                # Every free pair may be locked for an instant by other annotators' leases:
-                # that is not "nothing left". Wait for one of them, once, while holding no
-                # pair lock of our own.
-                found = candidate(exclude=tried, wait=True)
-                if found is None or found is _RETRY:
-                    return None
-            pair, mine = found
-            # The candidate query's snapshot may predate a lease committed just before we got
-            # the lock; recount in a fresh statement now that the lock is ours.
-            if not _has_free_slot(pair=pair, k=k, now=now, annotator_id=annotator.pk):
-                tried.append(pair.pk)
-                continue
-            expires_at = now + timedelta(seconds=campaign.lease_seconds)
-            if mine is not None:
-                # Revive the annotator's own expired lease of this pair rather than open a
-                # second one: one open lease per (pair, annotator).
-                Assignment.objects.filter(pk=mine).update(leased_at=now, expires_at=expires_at)
-                return Assignment.objects.get(pk=mine)
-            return Assignment.objects.create(
-                pair_id=pair.pk,
-                annotator_id=annotator.pk,
-                campaign=campaign,
-                a_on_left=random.random() < 0.5,
-                expires_at=expires_at,
-            )
-    return None
-
+_HELD_SQL = """
+SELECT
+  (SELECT a.id FROM {assignment} a
+   WHERE a.annotator_id = %(me)s AND a.campaign_id = %(campaign)s AND a.status = 'open'
+     AND a.expires_at > {now}
+   ORDER BY a.id DESC LIMIT 1),
+  (SELECT m.last_group_key FROM {membership} m
+   WHERE m.campaign_id = %(campaign)s AND m.user_id = %(me)s),
+  (SELECT c.status FROM {campaign} c WHERE c.id = %(campaign)s)
+"""
 
 _CANDIDATE_SQL = """
-SELECT p.id, p.judgment_count,
-  (SELECT a.id FROM {assignment} a
-   WHERE a.pair_id = p.id AND a.annotator_id = %s AND a.status = 'open'
-   ORDER BY a.id DESC LIMIT 1) AS mine
-FROM {pair} p
-WHERE p.campaign_id = %s AND p.judgment_count < %s
-  AND NOT EXISTS (SELECT 1 FROM {judgment} j WHERE j.pair_id = p.id AND j.annotator_id = %s)
-  AND NOT EXISTS (SELECT 1 FROM {skip} s WHERE s.pair_id = p.id AND s.annotator_id = %s)
+SELECT p.id FROM {pair} p
+WHERE p.campaign_id = %(campaign)s AND p.judgment_count < %(k)s {tier} {exclude}
+  AND NOT EXISTS (SELECT 1 FROM {judgment} j WHERE j.pair_id = p.id AND j.annotator_id = %(me)s)
+  AND NOT EXISTS (SELECT 1 FROM {skip} s WHERE s.pair_id = p.id AND s.annotator_id = %(me)s)
   AND p.judgment_count + (
         SELECT COUNT(*) FROM {assignment} a
-        WHERE a.pair_id = p.id AND a.status = 'open' AND a.expires_at > %s
-      ) < %s
-  {exclude}
-ORDER BY p.judgment_count DESC, p.id
+        WHERE a.pair_id = p.id AND a.status = 'open' AND a.expires_at > {now}
+          AND a.annotator_id <> %(me)s
+      ) < %(k)s
+ORDER BY {order}
 LIMIT 1
 {lock}
 """
 
 
-def _candidate_row(
+class _Full(Exception):
+    """The candidate had no free slot once locked; its savepoint is rolled back."""
+
+
+def assignment_lease_next(*, annotator: AbstractBaseUser, campaign: Campaign) -> Assignment | None:
+    """Lease the next pair for `annotator`, or return the live lease they already hold.
+
+    Returns None only when nothing is left for them: every pair of the campaign is full,
+    judged or skipped by them, as seen by a scan that skipped no locked row.
+    """
+    with transaction.atomic():
+        # Serialises this annotator's simultaneous requests (two tabs, a double click): the
+        # second sees the lease the first took instead of taking another.
+        membership_lock(campaign_id=campaign.pk, user_id=annotator.pk, slug=campaign.slug)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _HELD_SQL.format(now=_now_sql(), **_TABLES),
+                {"me": annotator.pk, "campaign": campaign.pk},
+            )
+            held, last_group, status = cursor.fetchone()
+        if status != Campaign.Status.ACTIVE:
+            raise CampaignNotActive(
+                f"Campaign '{campaign.slug}' is {status}; it takes no judgments now."
+            )
+        if held is not None:
+            return Assignment.objects.get(pk=held)
+        tried: list[int] = []
+        while True:
+            try:
+                # A savepoint per candidate: if it is full, rolling back releases its lock,
+                # so this request never waits for a pair while holding another (locks.py).
+                with transaction.atomic():
+                    pair_id = _candidate(campaign, annotator, last_group, tried, skip_locked=True)
+                    if pair_id is None:
+                        # Every free pair may be locked for an instant by other requests:
+                        # that is not "nothing left". Pick one without locking, then wait.
+                        pair_id = _candidate(
+                            campaign, annotator, last_group, tried, skip_locked=False
+                        )
+                        if pair_id is None:
+                            return None
+                        pair_lock(pair_id=pair_id)
+                    return _lease_take(campaign=campaign, annotator=annotator, pair_id=pair_id)
+            except _Full as full:
+                tried.append(full.args[0])
+
+
+def _candidate(
+    campaign: Campaign,
+    annotator: AbstractBaseUser,
+    last_group: Any,
+    tried: list[int],
     *,
-    campaign_id: int,
-    annotator_id: Any,
-    k: int,
-    now: Any,
-    exclude: list[int],
-    lock: str,
-    only: int | None = None,
-) -> tuple[Any, ...] | None:
-    ids = [*exclude] + ([] if only is None else [only])
-    where = f"AND p.id NOT IN ({', '.join(['%s'] * len(exclude))})" if exclude else ""
-    if only is not None:
-        where += " AND p.id = %s"
-    sql = _CANDIDATE_SQL.format(
-        pair=Pair._meta.db_table,
-        judgment=Judgment._meta.db_table,
-        skip=Skip._meta.db_table,
-        assignment=Assignment._meta.db_table,
-        exclude=where,
-        lock=lock,
-    )
-    params = [annotator_id, campaign_id, k, annotator_id, annotator_id, now, k, *ids]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchone()
-
-
-_RETRY = object()  # the pair waited for was taken meanwhile
-
-
-def _lock_candidate_pair(
-    *, campaign_id: int, annotator_id: Any, k: int, now: Any, exclude: list[int], wait: bool
-) -> Any:
-    """Lock and return (pair, id of the annotator's own open lease of it or None) for the
-    first pair that looks free for the annotator: the most-judged first, so pairs complete,
-    then the oldest. None when there is none. Call inside a transaction.
-
-    Without `wait`, SKIP LOCKED: concurrent annotators each lock a different pair instead of
-    queueing. With `wait`, the candidate is chosen without locks, then that one row is
-    locked (waiting for its holder) and checked again; a locking scan that waits could keep
-    locks on rows it passed over and deadlock with another. Returns _RETRY when the pair
-    was taken while we waited. SQLite has no row locks and serialises writers instead (see
-    feedback_app/embedded.py).
+    skip_locked: bool,
+) -> int | None:
+    """The first pair in the campaign's order that looks free for the annotator, trying the
+    order's preference tiers in turn. With `skip_locked` (PostgreSQL) the row is locked and
+    rows locked by others are passed over; without, nothing is locked.
 
     Written as SQL: this runs on every lease and the ORM spent longer building the statement
-    than PostgreSQL spends running it (the pair_lease_order index serves the ORDER BY).
-    """
-    args = {
-        "campaign_id": campaign_id,
-        "annotator_id": annotator_id,
-        "k": k,
-        "now": now,
-        "exclude": exclude,
+    than PostgreSQL spends running it (the pair_lease_order index serves the ORDER BY)."""
+    order = pair_order_for(campaign.pair_order)
+    params: dict[str, Any] = {
+        "campaign": campaign.pk,
+        "k": campaign.judgments_per_pair,
+        "me": annotator.pk,
+        "last_group": last_group,
     }
-    if not connection.features.has_select_for_update_skip_locked:
-        row = _candidate_row(**args, lock="")
-    elif not wait:
-        row = _candidate_row(**args, lock="FOR UPDATE OF p SKIP LOCKED")
-    else:
-        row = _candidate_row(**args, lock="")
-        if row is None:
-            return None
-        Pair.objects.select_for_update().filter(pk=row[0]).exists()
-        # A fresh statement, now that the lock is ours, sees what its holder committed.
-        row = _candidate_row(**args, lock="", only=row[0])
-        if row is None:
-            return _RETRY
-    if row is None:
-        return None
-    return Pair(id=row[0], judgment_count=row[1], campaign_id=campaign_id), row[2]
+    exclude = ""
+    if tried:
+        params.update({f"x{n}": pair_id for n, pair_id in enumerate(tried)})
+        exclude = f"AND p.id NOT IN ({', '.join(f'%(x{n})s' for n in range(len(tried)))})"
+    lock = ""
+    if skip_locked and connection.features.has_select_for_update_skip_locked:
+        lock = "FOR NO KEY UPDATE OF p SKIP LOCKED"
+    # SQLite has no row locks and serialises writers instead (feedback_app/embedded.py).
+    with connection.cursor() as cursor:
+        for tier in order.tiers:
+            sql = _CANDIDATE_SQL.format(
+                now=_now_sql(),
+                tier=tier,
+                exclude=exclude,
+                order=order.order_by,
+                lock=lock,
+                **_TABLES,
+            )
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+            if row is not None:
+                return int(row[0])
+    return None
+
+
+def _lease_take(*, campaign: Campaign, annotator: AbstractBaseUser, pair_id: int) -> Assignment:
+    """Call holding the pair's lock. Raises _Full when the pair has no slot for the
+    annotator after all (the candidate query's snapshot may predate a lease committed just
+    before the lock was granted)."""
+    state = _slot_state(pair_id=pair_id, annotator_id=annotator.pk)
+    if (
+        state.judged_id is not None
+        or state.skipped
+        or not state.has_free_slot(campaign.judgments_per_pair)
+    ):
+        raise _Full(pair_id)
+    expires_at = state.now + timedelta(seconds=campaign.lease_seconds)
+    Membership.objects.filter(campaign_id=campaign.pk, user_id=annotator.pk).exclude(
+        last_group_key=state.group_key
+    ).update(last_group_key=state.group_key)
+    if state.own_open_lease_id is not None:
+        # Revive the annotator's own expired lease of this pair rather than open a second
+        # one: one open lease per (pair, annotator).
+        Assignment.objects.filter(pk=state.own_open_lease_id).update(
+            leased_at=state.now, expires_at=expires_at
+        )
+        return Assignment.objects.get(pk=state.own_open_lease_id)
+    return Assignment.objects.create(
+        pair_id=pair_id,
+        annotator_id=annotator.pk,
+        campaign=campaign,
+        a_on_left=random.random() < 0.5,
+        leased_at=state.now,
+        expires_at=expires_at,
+    )
+
+
+# ---- acting on a lease ---------------------------------------------------------------------
 
 
 def _assignment_for(*, annotator: AbstractBaseUser, assignment_id: Any) -> Assignment:
@@ -295,7 +382,9 @@ def judgment_submit(
 
     A submit after the lease expired is accepted while the pair still has a free slot, since
     the work was done; otherwise it raises LeaseLost. A second submit raises AlreadyJudged
-    with the first judgment's id. Nothing is written when any check fails.
+    with the first judgment's id; a skipped pair is refused. Nothing is written when any
+    check fails. The judgment stands once committed: scheduling its aggregation afterwards
+    can fail without turning the answer into an error.
     """
     assignment = _assignment_for(annotator=annotator, assignment_id=assignment_id)
     campaign = assignment.campaign
@@ -308,19 +397,41 @@ def judgment_submit(
         raise ServiceError(
             f"duration_ms must be an integer from 0 to {MAX_DURATION_MS}.", field="duration_ms"
         )
-
     try:
         with transaction.atomic():
-            judgment = _judgment_write(
-                annotator=annotator,
+            pair_lock(pair_id=assignment.pair_id)
+            state = _slot_state(
+                pair_id=assignment.pair_id, annotator_id=annotator.pk, lease_id=assignment.pk
+            )
+            _submit_check(state=state, campaign=campaign)
+            if duration_ms is None:
+                assert state.lease_leased_at is not None
+                duration_ms = max(
+                    0, int((state.now - state.lease_leased_at).total_seconds() * 1000)
+                )
+            judgment = Judgment.objects.create(
+                pair_id=assignment.pair_id,
+                annotator_id=annotator.pk,
+                campaign_id=campaign.pk,
                 assignment=assignment,
-                campaign=campaign,
-                canonical=canonical,
+                choices=canonical,
+                shown_left_id=state.item_a_id if assignment.a_on_left else state.item_b_id,
                 duration_ms=duration_ms,
             )
+            Pair.objects.filter(pk=assignment.pair_id).update(
+                judgment_count=F("judgment_count") + 1
+            )
+            # Every open lease of this annotator on the pair is finished, not only the one used.
+            Assignment.objects.filter(
+                pair_id=assignment.pair_id, annotator_id=annotator.pk, status=Assignment.Status.OPEN
+            ).update(status=Assignment.Status.DONE)
+            # robust: an exception here is logged, never raised into a committed submit.
+            transaction.on_commit(
+                partial(aggregation_request, campaign_id=campaign.pk), robust=True
+            )
     except IntegrityError:
-        # The unique (pair, annotator) constraint is the backstop for a judgment made
-        # through a second lease of the same pair.
+        # The unique (pair, annotator) constraint is the backstop for a judgment made through
+        # a second lease of the same pair.
         existing = (
             Judgment.objects.filter(pair_id=assignment.pair_id, annotator_id=annotator.pk)
             .values_list("id", flat=True)
@@ -334,77 +445,26 @@ def judgment_submit(
     return judgment
 
 
-def _late_submit_check(*, pair: Pair, assignment: Assignment, campaign: Campaign, now: Any) -> None:
-    """A submit through a lease that is no longer live: refuse a duplicate or a skipped
-    pair, and accept only while the pair has a free slot. Call holding the pair's row lock."""
-    existing = (
-        Judgment.objects.filter(pair_id=pair.pk, annotator_id=assignment.annotator_id)
-        .values_list("id", flat=True)
-        .first()
-    )
-    if existing is not None:
+def _submit_check(*, state: SlotState, campaign: Campaign) -> None:
+    """Refuse a duplicate, a skipped pair, a released lease, or a lease that is no longer
+    live while the pair has no free slot. Call with `state` read under the pair's lock."""
+    if state.judged_id is not None:
         raise AlreadyJudged(
-            "You have already judged this pair.", field="assignment", judgment_id=existing
+            "You have already judged this pair.", field="assignment", judgment_id=state.judged_id
         )
-    if assignment.status == Assignment.Status.SKIPPED:
+    if state.skipped or state.lease_status == Assignment.Status.SKIPPED:
         raise ServiceError("You skipped this pair; it cannot be judged now.", field="assignment")
-    if not _has_free_slot(
-        pair=pair, k=campaign.judgments_per_pair, now=now, annotator_id=assignment.annotator_id
-    ):
+    if state.lease_status == Assignment.Status.RELEASED:
+        raise LeaseLost(
+            "This lease was released; your answer was not recorded.", field="assignment"
+        )
+    live = state.lease_status == Assignment.Status.OPEN and state.lease_live
+    if not live and not state.has_free_slot(campaign.judgments_per_pair):
         raise LeaseLost(
             "Your lease on this pair expired and the pair has since received all the "
             "judgments it needs; your answer was not recorded.",
             field="assignment",
         )
-
-
-def _judgment_write(
-    *,
-    annotator: AbstractBaseUser,
-    assignment: Assignment,
-    campaign: Campaign,
-    canonical: dict[str, str],
-    duration_ms: int | None,
-) -> Judgment:
-    """Call inside a transaction. Takes the pair's row lock, which serialises every
-    slot-taking operation on the pair (see the module docstring). May raise IntegrityError
-    for a duplicate, which judgment_submit turns into AlreadyJudged."""
-    lease = Assignment.objects.filter(pk=assignment.pk)
-    pair = (
-        Pair.objects.select_for_update()
-        .only("id", "item_a_id", "item_b_id", "judgment_count")
-        .annotate(
-            lease_status=Subquery(lease.values("status")),
-            lease_expires_at=Subquery(lease.values("expires_at")),
-        )
-        .get(pk=assignment.pair_id)
-    )
-    # Decided under the lock, with the lease as it is now and the clock read now: a lease
-    # that expired while this request waited for the lock may have lost its slot already.
-    assignment.status, assignment.expires_at = pair.lease_status, pair.lease_expires_at
-    now = timezone.now()
-    # A live lease holds its slot, and a second submit through it (a double click) trips the
-    # unique (pair, annotator) constraint, so the common case needs no further read.
-    if not (assignment.status == Assignment.Status.OPEN and assignment.expires_at > now):
-        _late_submit_check(pair=pair, assignment=assignment, campaign=campaign, now=now)
-    if duration_ms is None:
-        duration_ms = max(0, int((now - assignment.leased_at).total_seconds() * 1000))
-    judgment = Judgment.objects.create(
-        pair_id=pair.pk,
-        annotator_id=annotator.pk,
-        campaign_id=campaign.pk,
-        assignment=assignment,
-        choices=canonical,
-        shown_left_id=pair.item_a_id if assignment.a_on_left else pair.item_b_id,
-        duration_ms=duration_ms,
-    )
-    Pair.objects.filter(pk=pair.pk).update(judgment_count=F("judgment_count") + 1)
-    # Every open lease of this annotator on the pair is finished, not only the one used.
-    Assignment.objects.filter(
-        pair_id=pair.pk, annotator_id=annotator.pk, status=Assignment.Status.OPEN
-    ).update(status=Assignment.Status.DONE)
-    transaction.on_commit(partial(aggregation_request, campaign_id=campaign.pk))
-    return judgment
 
 
 def skip_create(*, annotator: AbstractBaseUser, assignment_id: Any, reason: str = "") -> Skip:
@@ -415,8 +475,9 @@ def skip_create(*, annotator: AbstractBaseUser, assignment_id: Any, reason: str 
         raise ServiceError("reason is longer than 500 characters.", field="reason")
     with transaction.atomic():
         # The pair's lock orders a skip against a submit of the same pair (two tabs).
-        Pair.objects.select_for_update().only("id").get(pk=assignment.pair_id)
-        if Judgment.objects.filter(pair_id=assignment.pair_id, annotator_id=annotator.pk).exists():
+        pair_lock(pair_id=assignment.pair_id)
+        state = _slot_state(pair_id=assignment.pair_id, annotator_id=annotator.pk)
+        if state.judged_id is not None:
             raise ServiceError("You have already judged this pair.", field="assignment")
         skip, _ = Skip.objects.get_or_create(
             pair_id=assignment.pair_id,
@@ -430,29 +491,48 @@ def skip_create(*, annotator: AbstractBaseUser, assignment_id: Any, reason: str 
 
 
 def assignment_renew(*, annotator: AbstractBaseUser, assignment_id: Any) -> Assignment:
-    """Extend a lease while its page is open. An expired lease is revived only while the
-    pair still has a free slot."""
+    """Extend a lease while its page is open and in use. An expired lease is revived only
+    while the pair still has a free slot, and no renewal takes a lease past its maximum life
+    (`Campaign.lease_max_seconds` after it was taken), so an idle tab frees its slot."""
     assignment = _assignment_for(annotator=annotator, assignment_id=assignment_id)
     campaign = assignment.campaign
     _require_active(campaign)
     with transaction.atomic():
         # Under the pair's lock like every slot-taking operation: at the edge of expiry, the
         # slot may be being handed to someone else.
-        pair = (
-            Pair.objects.select_for_update().only("id", "judgment_count").get(pk=assignment.pair_id)
+        pair_lock(pair_id=assignment.pair_id)
+        state = _slot_state(
+            pair_id=assignment.pair_id, annotator_id=annotator.pk, lease_id=assignment.pk
         )
-        assignment.refresh_from_db(fields=["status", "expires_at"])
-        if assignment.status != Assignment.Status.OPEN:
+        if state.lease_status != Assignment.Status.OPEN:
             raise ServiceError(
-                f"This lease is {assignment.status}; nothing to renew.", field="assignment"
+                f"This lease is {state.lease_status}; nothing to renew.", field="assignment"
             )
-        now = timezone.now()
-        if assignment.expires_at <= now and not _has_free_slot(
-            pair=pair, k=campaign.judgments_per_pair, now=now, annotator_id=annotator.pk
-        ):
+        if not state.lease_live and not state.has_free_slot(campaign.judgments_per_pair):
             raise LeaseLost(
                 "Your lease expired and the pair has been handed to others.", field="assignment"
             )
-        assignment.expires_at = now + timedelta(seconds=campaign.lease_seconds)
-        Assignment.objects.filter(pk=assignment.pk).update(expires_at=assignment.expires_at)
+        assert state.lease_leased_at is not None
+        life = max(campaign.lease_max_seconds, campaign.lease_seconds)
+        cap = state.lease_leased_at + timedelta(seconds=life)
+        if cap <= state.now:
+            raise LeaseLost(
+                f"This lease reached its maximum life of {life // 60} minutes and is no longer "
+                "renewed; you can still submit while the pair has a free slot.",
+                field="assignment",
+            )
+        expires_at = min(state.now + timedelta(seconds=campaign.lease_seconds), cap)
+        Assignment.objects.filter(pk=assignment.pk).update(expires_at=expires_at)
+    assignment.expires_at = expires_at
+    assignment.status = Assignment.Status.OPEN
     return assignment
+
+
+def assignments_release(*, annotator_id: Any, campaign_id: int | None = None) -> int:
+    """Release the annotator's open leases (in one campaign, or everywhere) at once: they
+    were removed from the campaign or deactivated. Freeing a slot never needs the pair's
+    lock — only taking one does. Returns how many leases were released."""
+    leases = Assignment.objects.filter(annotator_id=annotator_id, status=Assignment.Status.OPEN)
+    if campaign_id is not None:
+        leases = leases.filter(campaign_id=campaign_id)
+    return leases.update(status=Assignment.Status.RELEASED)

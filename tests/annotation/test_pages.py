@@ -139,7 +139,7 @@ def test_the_page_renews_its_lease(client, annotator, page_campaign):
     body = client.get(reverse("annotation:compare", args=[page_campaign.slug])).content.decode()
     lease = Assignment.objects.get()
     url = reverse("annotation:renew", args=[page_campaign.slug, lease.pk])
-    assert f'hx-post="{url}" hx-trigger="every 60s"' in body
+    assert f'data-renew-url="{url}"' in body
     r = client.post(url, HTTP_HX_REQUEST="true")
     assert r.status_code == 200 and r.content == b""
     renewed = Assignment.objects.get()

@@ -84,3 +84,29 @@ def test_the_page_works_with_javascript_off(browser, live_server, transactional_
     page.wait_for_selector("text=Nothing left for you")
     assert Judgment.objects.filter(campaign=campaign).count() == 2
     context.close()
+
+
+@pytest.mark.browser
+def test_the_page_renews_its_lease_only_while_the_annotator_is_active(
+    browser, live_server, transactional_db
+):
+    """lease_seconds=10: the page may renew every 3.3 s, but an idle tab sends nothing, so its
+    lease lapses; a key or the pointer makes the next tick renew it."""
+    from annotation.models import Assignment
+
+    user = UserFactory(username="idle")
+    campaign = text_campaign(n_prompts=2, responses=2, k=1, members=[user], lease_seconds=10)
+    page = browser.new_page()
+    log_in(page, live_server, "idle")
+    renewals = []
+    page.on("request", lambda r: renewals.append(r.url) if "/renew/" in r.url else None)
+    page.goto(f"{live_server.url}/c/{campaign.slug}/")
+    page.wait_for_selector(".lease[data-renew-every-ms='3333']", state="attached")
+    expires = Assignment.objects.get().expires_at
+    page.wait_for_timeout(5000)  # idle: more than one renewal period
+    assert renewals == []
+    page.mouse.move(200, 200)
+    page.mouse.move(220, 240)
+    page.wait_for_timeout(4500)
+    assert len(renewals) == 1
+    assert Assignment.objects.get().expires_at > expires

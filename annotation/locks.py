@@ -1,0 +1,45 @@
+"""Row locks of the annotation app: one helper per lock, all of them here.
+
+Lock order, for every transaction that takes more than one:
+
+    membership (campaign, annotator)  ->  pair
+
+A lease request holds its membership row (serialising one annotator's tabs and double
+clicks) and then at most one pair lock at a time: a candidate pair that turns out full is
+locked inside a savepoint that is rolled back, which releases it before the next candidate.
+A submit, skip or renewal takes only the pair lock. So no transaction ever waits for a pair
+lock while holding another pair lock, and waits cannot form a cycle.
+
+Every helper locks FOR NO KEY UPDATE (`no_key=True`): no key of these rows changes under
+them, and inserts elsewhere that reference the row (a judgment, a lease) then need not wait.
+
+A value read in the statement that waited for a lock is from before the wait (PostgreSQL's
+READ COMMITTED evaluates the rest of the statement on its starting snapshot). Callers re-read
+what their decision depends on in a fresh statement after the helper returns; the helpers
+return nothing for that reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import Forbidden
+from .models import Membership, Pair
+
+
+def membership_lock(*, campaign_id: int, user_id: Any, slug: str) -> None:
+    """Lock the annotator's membership row of the campaign; Forbidden if there is none.
+    Call inside a transaction."""
+    locked = (
+        Membership.objects.select_for_update(no_key=True)
+        .filter(campaign_id=campaign_id, user_id=user_id)
+        .values_list("id", flat=True)
+    )
+    if not list(locked):
+        raise Forbidden(f"You are not a member of campaign '{slug}'.")
+
+
+def pair_lock(*, pair_id: int) -> None:
+    """Lock the pair's row, waiting for its holder. Every operation that takes or may take
+    a slot of the pair holds this lock while it decides. Call inside a transaction."""
+    list(Pair.objects.select_for_update(no_key=True).filter(pk=pair_id).values_list("id"))
