@@ -72,10 +72,11 @@ def _now_sql() -> str:
 
 
 def _datetime(value: Any) -> datetime | None:
-    """A datetime read by a raw query: aware already (PostgreSQL) or UTC text (SQLite)."""
-    if value is None or isinstance(value, datetime):
-        return value
-    parsed = parse_datetime(value)
+    """A datetime read by a raw query: aware already (PostgreSQL), or UTC as naive datetime
+    or text (SQLite, by whether the column's declared type was seen)."""
+    if value is None:
+        return None
+    parsed = value if isinstance(value, datetime) else parse_datetime(value)
     assert parsed is not None, value
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
