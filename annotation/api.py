@@ -22,7 +22,7 @@ from labeling import services as labeling_services
 
 from . import selectors, services
 from .errors import NotFound, ServiceError
-from .models import Campaign, Judgment, Skip
+from .models import Campaign
 from .serializers import (
     CampaignSerializer,
     JudgmentInSerializer,
@@ -252,51 +252,57 @@ class JudgmentListView(APIView):
 
 
 def _blocks(lines: Iterator[str], size: int = 64 * 1024) -> Iterator[bytes]:
-    """Group lines into blocks of about `size` bytes: one write per block, not per line."""
+    """Group lines into blocks of about `size` bytes: one write per block, not per line.
+    Closing the blocks closes the lines, and with them the export's read transaction."""
     block: list[bytes] = []
     filled = 0
-    for line in lines:
-        data = line.encode()
-        block.append(data)
-        filled += len(data)
-        if filled >= size:
+    try:
+        for line in lines:
+            data = line.encode()
+            block.append(data)
+            filled += len(data)
+            if filled >= size:
+                yield b"".join(block)
+                block, filled = [], 0
+        if block:
             yield b"".join(block)
-            block, filled = [], 0
-    if block:
-        yield b"".join(block)
+    finally:
+        close = getattr(lines, "close", None)
+        if close is not None:
+            close()
 
 
 class ExportView(APIView):
-    """Streams JSON Lines. `X-Row-Count` gives the number of lines the body will hold. The body
-    goes out with chunked transfer encoding and no Content-Length, so a stream cut by a
-    failure ends without the final chunk and the client's HTTP library raises; a body with
-    fewer lines than X-Row-Count was cut too."""
+    """Streams JSON Lines. `X-Row-Count` gives the number of lines the body will hold: the
+    count and the rows are read in one snapshot, so it is exact while annotators submit. The
+    body goes out with chunked transfer encoding and no Content-Length, from the first page
+    on, so a stream cut by a failure ends without the final chunk and the client's HTTP
+    library raises; a body with fewer lines than X-Row-Count was cut too."""
 
     permission_classes = [permissions.IsAdminUser]
     what = "judgments"
-    model: Any = Judgment
-    lines = staticmethod(selectors.judgment_export_lines)
+    export = staticmethod(selectors.judgment_export)
 
     @extend_schema(responses={(200, "application/jsonl"): OpenApiTypes.STR})
     def get(self, request: Request, slug: str) -> StreamingHttpResponse:
         campaign = _campaign(request, slug)
-        count, top = selectors.export_row_count(campaign=campaign, model=self.model)
-        lines = self.lines(campaign=campaign, up_to_id=top)
+        export = self.export(campaign=campaign)
+        # The response closes the blocks when the body is sent or the client goes away,
+        # which ends the export's read transaction either way.
         response = StreamingHttpResponse(
-            _blocks(lines), content_type="application/jsonl; charset=utf-8"
+            _blocks(export.lines), content_type="application/jsonl; charset=utf-8"
         )
         response["Content-Disposition"] = (
             f'attachment; filename="{campaign.slug}-{self.what}.jsonl"'
         )
-        response["X-Row-Count"] = str(count)
+        response["X-Row-Count"] = str(export.rows)
         response["Cache-Control"] = "no-store"
         return response
 
 
 class SkipExportView(ExportView):
     what = "skips"
-    model = Skip
-    lines = staticmethod(selectors.skip_export_lines)
+    export = staticmethod(selectors.skip_export)
 
 
 def _snapshot_payload(snapshot: Any) -> dict[str, Any]:

@@ -5,18 +5,21 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import connections, transaction
 from django.db.models import Count, Max, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce, Now
 
 from .models import Assignment, Campaign, Item, Judgment, Pair, Skip
 
-EXPORT_CHUNK = 2000
+# Rows per keyset page of an export: one ordinary query each, a few MB at most in memory.
+EXPORT_PAGE = 2000
 
 
 _jsonl = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -142,17 +145,76 @@ def _item_fields(kind: str) -> tuple[str, ...]:
     return ("id", "external_id", "source", "dataset", "episode", "start", "length", "clip")
 
 
-def export_row_count(
-    *, campaign: Campaign, model: type[Judgment] | type[Skip] = Judgment
-) -> tuple[int, int]:
-    """(count, max id) fixing what an export will contain, taken before streaming starts."""
-    agg = model.objects.filter(campaign=campaign).aggregate(n=Count("id"), top=Max("id"))
-    return agg["n"], agg["top"] or 0
+@dataclass(frozen=True)
+class ExportStream:
+    """An export as of one moment: `rows` lines, then the lines themselves.
+
+    On PostgreSQL `lines` runs inside the export's read transaction on this thread's
+    connection: iterate it to the end or close() it (a StreamingHttpResponse does, also when
+    the client goes away), and write nothing on this thread's connection meanwhile -- the
+    transaction is READ ONLY, so such a write fails rather than sharing its fate."""
+
+    rows: int
+    lines: Generator[str, None, None]
 
 
-def judgment_export_lines(*, campaign: Campaign, up_to_id: int) -> Iterator[str]:
-    """One JSON line per judgment with id <= up_to_id, read through a server-side cursor so
-    memory stays flat however many there are."""
+def _export_pages(qs: QuerySet[Any], columns: Sequence[str]) -> Iterator[tuple[Any, ...]]:
+    """The rows of `qs` in id order, EXPORT_PAGE at a time: `id > last ORDER BY id LIMIT n`,
+    each page one ordinary query. Neither a server-side cursor, which Django declares WITH
+    HOLD in autocommit so that PostgreSQL builds the whole result before the first row, nor
+    one client-side query, which (with DISABLE_SERVER_SIDE_CURSORS, behind PgBouncer) pulls
+    the whole result into the web process. `columns` starts with "id"."""
+    last = 0
+    while True:
+        page = list(qs.filter(id__gt=last).order_by("id").values_list(*columns)[:EXPORT_PAGE])
+        yield from page
+        if len(page) < EXPORT_PAGE:
+            return
+        last = page[-1][0]
+
+
+def _export(
+    qs: QuerySet[Any], columns: Sequence[str], line: Callable[[tuple[Any, ...]], str]
+) -> ExportStream:
+    """Count the rows of `qs`, then read them page by page, all as of one moment, so the
+    count is exactly the number of lines. Returns once the count is known; the rows are read
+    as the lines are consumed."""
+
+    def produce() -> Generator[int | str, None, None]:
+        db = qs.db
+        connection = connections[db]
+        if connection.vendor == "sqlite":
+            # Embedded mode. SQLite runs one writer at a time and judgments are never deleted
+            # (skips only with their annotator's account), so every row with an id up to the
+            # highest one seen is already committed and no later insert can take such an id:
+            # `id <= top` is exact without a transaction. An atomic block would be an
+            # IMMEDIATE transaction here, holding the write lock -- every annotator's submit
+            # -- for as long as the download takes.
+            agg = qs.aggregate(n=Count("id"), top=Max("id"))
+            yield agg["n"]
+            for row in _export_pages(qs.filter(id__lte=agg["top"] or 0), columns):
+                yield line(row)
+            return
+        outermost = not connection.in_atomic_block
+        with transaction.atomic(using=db):
+            if outermost:
+                # One snapshot for the count and every page: a submit that commits meanwhile
+                # (even one whose id is lower than rows already counted) is in neither.
+                # Inside a caller's transaction (the tests'), its level is the caller's.
+                with connection.cursor() as cursor:
+                    cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield qs.count()
+            for row in _export_pages(qs, columns):
+                yield line(row)
+
+    stream = produce()
+    rows = cast(int, next(stream))
+    return ExportStream(rows=rows, lines=cast(Generator[str, None, None], stream))
+
+
+def judgment_export(*, campaign: Campaign) -> ExportStream:
+    """Every judgment of the campaign as JSON Lines, oldest first, as of one moment, with
+    the pair's prompt and both items; annotators appear only as pseudonyms."""
     item_fields = _item_fields(campaign.kind)
     columns = (
         [
@@ -170,15 +232,11 @@ def judgment_export_lines(*, campaign: Campaign, up_to_id: int) -> Iterator[str]
         + [f"pair__item_a__{f}" for f in item_fields]
         + [f"pair__item_b__{f}" for f in item_fields]
     )
-    qs = (
-        Judgment.objects.filter(campaign=campaign, id__lte=up_to_id)
-        .order_by("id")
-        .values_list(*columns)
-    )
     n_fixed = 10
     n_item = len(item_fields)
     pseudonyms = _pseudonyms()
-    for row in qs.iterator(chunk_size=EXPORT_CHUNK):
+
+    def line(row: tuple[Any, ...]) -> str:
         item_a = dict(zip(item_fields, row[n_fixed : n_fixed + n_item], strict=True))
         item_b = dict(zip(item_fields, row[n_fixed + n_item :], strict=True))
         record = {
@@ -196,27 +254,26 @@ def judgment_export_lines(*, campaign: Campaign, up_to_id: int) -> Iterator[str]
             "status": row[6],
             "created_at": row[7].isoformat(),
         }
-        yield _jsonl(record) + "\n"
+        return _jsonl(record) + "\n"
+
+    return _export(Judgment.objects.filter(campaign=campaign), columns, line)
 
 
-def skip_export_lines(*, campaign: Campaign, up_to_id: int) -> Iterator[str]:
-    qs = (
-        Skip.objects.filter(campaign=campaign, id__lte=up_to_id)
-        .order_by("id")
-        .values_list(
-            "id",
-            "pair_id",
-            "pair__item_a_id",
-            "pair__item_b_id",
-            "annotator_id",
-            "reason",
-            "created_at",
-        )
+def skip_export(*, campaign: Campaign) -> ExportStream:
+    """Every skip of the campaign as JSON Lines, oldest first, as of one moment."""
+    columns = (
+        "id",
+        "pair_id",
+        "pair__item_a_id",
+        "pair__item_b_id",
+        "annotator_id",
+        "reason",
+        "created_at",
     )
     pseudonyms = _pseudonyms()
-    for sid, pair_id, a, b, annotator_id, reason, created_at in qs.iterator(
-        chunk_size=EXPORT_CHUNK
-    ):
+
+    def line(row: tuple[Any, ...]) -> str:
+        sid, pair_id, a, b, annotator_id, reason, created_at = row
         record = {
             "skip_id": sid,
             "campaign": campaign.slug,
@@ -227,4 +284,6 @@ def skip_export_lines(*, campaign: Campaign, up_to_id: int) -> Iterator[str]:
             "reason": reason,
             "created_at": created_at.isoformat(),
         }
-        yield _jsonl(record) + "\n"
+        return _jsonl(record) + "\n"
+
+    return _export(Skip.objects.filter(campaign=campaign), columns, line)

@@ -15,5 +15,6 @@ app.conf.task_routes = {
     "labeling.tasks.aggregate_campaign": {"queue": Queue.LABELS.value},
     "labeling.tasks.aggregation_sweep": {"queue": Queue.LABELS.value},
     "labeling.tasks.build_export_snapshot": {"queue": Queue.EXPORTS.value},
+    "labeling.tasks.export_snapshot_sweep": {"queue": Queue.DEFAULT.value},
 }
 app.autodiscover_tasks()

@@ -123,8 +123,22 @@ CELERY_BEAT_SCHEDULE_FILENAME = env(
     "CELERY_BEAT_SCHEDULE_FILENAME", default=str(VAR_DIR / "celerybeat-schedule")
 )
 CELERY_BEAT_SCHEDULE = {
-    # Re-enqueue aggregations whose enqueue was lost (broker outage, a crashed worker).
-    "aggregation-sweep": {"task": "labeling.tasks.aggregation_sweep", "schedule": 300.0},
+    # Enqueue aggregations owed and without a task (a failed publish, a worker killed holding
+    # its countdown message, a broker restarted empty, a run killed midway): every few
+    # seconds, so scores catch up within ~15 s of the last judgment. A sweep not started
+    # within 30 s is dropped; a later one does its work.
+    "aggregation-sweep": {
+        "task": "labeling.tasks.aggregation_sweep",
+        "schedule": 5.0,
+        "options": {"expires": 30},
+    },
+    # Re-send export snapshots whose task was lost (failed send, dead worker); see
+    # labeling/services/exports.py. A sweep not started within the minute is dropped.
+    "export-snapshot-sweep": {
+        "task": "labeling.tasks.export_snapshot_sweep",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
 }
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_TASK_ACKS_LATE = True

@@ -2,6 +2,11 @@
 routes and queued messages do not depend on the module layout."""
 
 from .aggregation import aggregate_campaign, aggregation_sweep
-from .exports import build_export_snapshot
+from .exports import build_export_snapshot, export_snapshot_sweep
 
-__all__ = ["aggregate_campaign", "aggregation_sweep", "build_export_snapshot"]
+__all__ = [
+    "aggregate_campaign",
+    "aggregation_sweep",
+    "build_export_snapshot",
+    "export_snapshot_sweep",
+]
