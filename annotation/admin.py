@@ -1,6 +1,8 @@
+from django import forms
 from django.contrib import admin
 
 from .models import Assignment, Campaign, Criterion, Item, Judgment, Membership, Pair, Prompt, Skip
+from .pair_order import PAIR_ORDERS
 
 
 class FrozenWhenJudgedAdmin(admin.ModelAdmin):
@@ -33,8 +35,20 @@ class MembershipInline(admin.TabularInline):
     raw_id_fields = ["user"]
 
 
+class CampaignForm(forms.ModelForm):
+    pair_order = forms.ChoiceField(
+        choices=[(o.name, o.label) for o in PAIR_ORDERS.values()],
+        help_text=Campaign._meta.get_field("pair_order").help_text,
+    )
+
+    class Meta:
+        model = Campaign
+        fields = "__all__"
+
+
 @admin.register(Campaign)
 class CampaignAdmin(admin.ModelAdmin):
+    form = CampaignForm
     list_display = ["name", "slug", "kind", "status", "judgments_per_pair", "created_at"]
     list_filter = ["kind", "status"]
     prepopulated_fields = {"slug": ["name"]}

@@ -2,6 +2,7 @@ from django.contrib.auth import get_user_model
 from rest_framework import serializers
 
 from .models import Assignment, Campaign, Item
+from .pair_order import PAIR_ORDERS
 
 
 class CriterionInSerializer(serializers.Serializer):
@@ -12,6 +13,11 @@ class CriterionInSerializer(serializers.Serializer):
 
 class CampaignSerializer(serializers.ModelSerializer):
     criteria = CriterionInSerializer(many=True, required=False)
+    pair_order = serializers.ChoiceField(
+        choices=[(o.name, o.label) for o in PAIR_ORDERS.values()],
+        required=False,
+        help_text="Which free pair an annotator gets next (annotation/pair_order.py).",
+    )
 
     class Meta:
         model = Campaign
@@ -23,6 +29,8 @@ class CampaignSerializer(serializers.ModelSerializer):
             "instructions",
             "judgments_per_pair",
             "lease_seconds",
+            "lease_max_seconds",
+            "pair_order",
             "status",
             "both_bad_counts_as",
             "l2_prior",

@@ -310,3 +310,22 @@ def test_malformed_references_and_values_are_400s_naming_the_field(api, staff):
     )
     assert r.status_code == 400 and r.json()["field"] == "duration_ms"
     assert Judgment.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_a_campaign_chooses_its_pair_order_and_lease_life(api, staff):
+    as_user(api, staff)
+    r = api.post(
+        "/api/v1/campaigns/",
+        {"name": "x", "slug": "ordered", "pair_order": "sideways"},
+        format="json",
+    )
+    assert r.status_code == 400 and r.json()["field"] == "pair_order"
+    r = api.post(
+        "/api/v1/campaigns/",
+        {"name": "x", "slug": "ordered", "pair_order": "complete_first", "lease_max_seconds": 900},
+        format="json",
+    )
+    assert r.status_code == 201
+    assert (r.json()["pair_order"], r.json()["lease_max_seconds"]) == ("complete_first", 900)
+    assert Campaign.objects.get(slug="ordered").pair_order == "complete_first"
