@@ -35,23 +35,21 @@ class MembershipInline(admin.TabularInline):
     raw_id_fields = ["user"]
 
 
-class CampaignForm(forms.ModelForm):
-    pair_order = forms.ChoiceField(
-        choices=[(o.name, o.label) for o in PAIR_ORDERS.values()],
-        help_text=Campaign._meta.get_field("pair_order").help_text,
-    )
-
-    class Meta:
-        model = Campaign
-        fields = "__all__"
-
-
 @admin.register(Campaign)
 class CampaignAdmin(admin.ModelAdmin):
-    form = CampaignForm
     list_display = ["name", "slug", "kind", "status", "judgments_per_pair", "created_at"]
     list_filter = ["kind", "status"]
     prepopulated_fields = {"slug": ["name"]}
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        if db_field.name == "pair_order":  # a choice from the registry, not free text
+            return forms.ChoiceField(
+                choices=[(o.name, o.label) for o in PAIR_ORDERS.values()],
+                initial=db_field.default,
+                help_text=db_field.help_text,
+            )
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
+
     inlines = [CriterionInline, MembershipInline]
 
 
