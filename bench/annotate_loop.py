@@ -9,8 +9,9 @@ What it does, all on 127.0.0.1:
      campaign (k=3, --prompts prompts x --responses responses, every pair of a prompt's
      responses) and one annotator per client of every concurrency level, each a member with an
      API token;
-  2. starts gunicorn with gunicorn.conf.py (DEBUG=0, no access log) and, unless --no-worker,
-     a Celery worker, with REDIS_URL on Redis database 14, which is flushed at the end;
+  2. starts gunicorn through bin/web (gunicorn.conf.py, DEBUG=0, no access log) and, unless
+     --no-worker, a Celery worker, with REDIS_URL on Redis database 14, which is flushed at
+     the start and the end (bench/stack.py: the processes shared with bench/crowd.py);
   3. for each concurrency level c, runs c annotators (one keep-alive httpx.AsyncClient each,
      fresh users per level) that POST next/ then POST judgment/ for --warmup + --duration
      seconds; only loops started after the warm-up count;
@@ -28,233 +29,24 @@ import contextlib
 import json
 import os
 import random
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
-if not (VENV_BIN / "gunicorn").exists():
-    VENV_BIN = ROOT / ".venv" / "bin"
+try:
+    from bench import stack
+except ImportError:  # run as a script: bench/ is on sys.path, the repository root is not
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from bench import stack
+
 DB_NAME = "feedback_bench"
-PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 REDIS_URL = "redis://127.0.0.1:6379/14"
 SLUG = "bench"
 CHOICES = ("left", "right", "tie")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-# ---- environment, database, seed -------------------------------------------------------------
-
-
-def bench_env(args: argparse.Namespace) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=f"postgres://{PG['user']}@{PG['host']}:{PG['port']}/{DB_NAME}",
-        REDIS_URL=REDIS_URL,
-        CELERY_BROKER_URL=REDIS_URL,
-        SECRET_KEY="bench",
-        DEBUG="0",
-        ALLOWED_HOSTS="127.0.0.1,localhost",
-        HOST="127.0.0.1",
-        PORT=str(args.port),
-        WEB_CONCURRENCY=str(args.workers),
-        GUNICORN_THREADS=str(args.threads),
-        LOG_LEVEL="WARNING",
-        PYTHONUNBUFFERED="1",
-    )
-    env.setdefault("DJANGO_SETTINGS_MODULE", "feedback_app.settings")
-    return env
-
-
-def database_reset() -> None:
-    import psycopg
-
-    with psycopg.connect(dbname="postgres", autocommit=True, connect_timeout=5, **PG) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DB_NAME}"')
-
-
-def run_sql(statement: str) -> None:
-    import psycopg
-
-    with psycopg.connect(dbname=DB_NAME, autocommit=True, connect_timeout=5, **PG) as conn:
-        conn.execute(statement)
-
-
-def code_version() -> dict[str, str]:
-    """Short hashes of the files whose edits change the numbers (the tree is edited often)."""
-    import hashlib
-
-    files = [
-        "annotation/models.py",
-        *sorted(str(f.relative_to(ROOT)) for f in (ROOT / "annotation/migrations").glob("0*.py")),
-        "annotation/services.py",
-        "annotation/selectors.py",
-        "annotation/api.py",
-        "annotation/serializers.py",
-        "labeling/services.py",
-        "feedback_app/settings.py",
-        "gunicorn.conf.py",
-    ]
-    return {
-        f: hashlib.sha256((ROOT / f).read_bytes()).hexdigest()[:12]
-        for f in files
-        if (ROOT / f).exists()
-    }
-
-
-def redis_flush() -> None:
-    import redis
-
-    redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).flushdb()
-
-
-def seed(n_users: int, n_prompts: int, n_responses: int) -> None:
-    """Runs in a child process (`annotate_loop.py _seed ...`) so the load generator never
-    imports Django. Prints {"slug", "tokens", "pairs"} as JSON on the last line."""
-    from itertools import combinations
-
-    import django
-
-    sys.path.insert(0, str(ROOT))
-    django.setup()
-    from django.contrib.auth import get_user_model
-    from django.contrib.auth.hashers import make_password
-    from django.db import transaction
-    from rest_framework.authtoken.models import Token
-
-    from annotation import services
-    from annotation.models import Campaign, Item, Membership, Pair, Prompt
-
-    rng = random.Random(1)
-    words = [
-        "the",
-        "a",
-        "model",
-        "answer",
-        "because",
-        "therefore",
-        "which",
-        "result",
-        "first",
-        "then",
-        "data",
-        "step",
-    ]
-
-    def text(n: int) -> str:
-        return " ".join(rng.choice(words) for _ in range(n)).capitalize() + "."
-
-    with transaction.atomic():
-        campaign = services.campaign_create(
-            name="Benchmark",
-            slug=SLUG,
-            kind=Campaign.Kind.TEXT,
-            status=Campaign.Status.ACTIVE,
-            judgments_per_pair=3,
-        )
-        prompts = Prompt.objects.bulk_create(
-            [
-                Prompt(
-                    campaign=campaign,
-                    external_id=f"p{i}",
-                    messages=[{"role": "user", "content": text(30)}],
-                )
-                for i in range(n_prompts)
-            ],
-            batch_size=2000,
-        )
-        items = Item.objects.bulk_create(
-            [
-                Item(
-                    campaign=campaign,
-                    prompt=p,
-                    external_id=f"{p.external_id}-r{j}",
-                    content=text(80),
-                    source=f"model-{j}",
-                )
-                for p in prompts
-                for j in range(n_responses)
-            ],
-            batch_size=2000,
-        )
-        pairs = []
-        for i in range(n_prompts):
-            group = sorted(it.pk for it in items[i * n_responses : (i + 1) * n_responses])
-            pairs += [
-                Pair(campaign=campaign, item_a_id=a, item_b_id=b) for a, b in combinations(group, 2)
-            ]
-        Pair.objects.bulk_create(pairs, batch_size=5000)
-        password = make_password(None)
-        users = get_user_model().objects.bulk_create(
-            [get_user_model()(username=f"bench{i:04d}", password=password) for i in range(n_users)]
-        )
-        tokens = Token.objects.bulk_create([Token(user=u, key=Token.generate_key()) for u in users])
-        Membership.objects.bulk_create([Membership(campaign=campaign, user=u) for u in users])
-    print(json.dumps({"slug": SLUG, "tokens": [t.key for t in tokens], "pairs": len(pairs)}))
-
-
-def run_seed(env: dict[str, str], n_users: int, n_prompts: int, n_responses: int) -> dict:
-    out = subprocess.run(
-        [sys.executable, __file__, "_seed", str(n_users), str(n_prompts), str(n_responses)],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-# ---- processes -------------------------------------------------------------------------------
-
-
-def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    fh = open(log, "wb")  # noqa: SIM115 - lives as long as the process
-    return subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-
-def stop(proc: subprocess.Popen | None) -> None:
-    """SIGTERM the leader (gunicorn and celery shut their children down), then SIGKILL
-    whatever is left of its process group."""
-    if proc is None:
-        return
-    if proc.poll() is None:
-        try:
-            os.kill(proc.pid, signal.SIGTERM)
-            proc.wait(20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5)
-
-
-def wait_healthy(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gunicorn exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(
-        f"gunicorn did not answer /healthz within {timeout:.0f}s:\n{log.read_text()[-3000:]}"
-    )
+CLK_TCK = stack.CLK_TCK
+pct = stack.pct
 
 
 def _stat(pid: int) -> tuple[int, int, str] | None:
@@ -266,11 +58,6 @@ def _stat(pid: int) -> tuple[int, int, str] | None:
     comm = raw[raw.index("(") + 1 : raw.rindex(")")]
     rest = raw[raw.rindex(")") + 2 :].split()
     return int(rest[1]), int(rest[11]) + int(rest[12]), comm
-
-
-def _machine_busy() -> int:
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return sum(values) - values[3] - values[4]  # all but idle and iowait
 
 
 class CpuMeter:
@@ -312,11 +99,11 @@ class CpuMeter:
     async def measure(self, until: float) -> dict[str, float]:
         """Sample until `until` (a perf_counter time); return cores used per group."""
         self.sample()
-        wall0, self0, busy0 = time.perf_counter(), os.times(), _machine_busy()
+        wall0, self0, busy0 = time.perf_counter(), os.times(), stack.machine_busy_ticks()
         while (left := until - time.perf_counter()) > 0:
             await asyncio.sleep(min(0.5, left))
             self.sample()
-        wall1, self1, busy1 = time.perf_counter(), os.times(), _machine_busy()
+        wall1, self1, busy1 = time.perf_counter(), os.times(), stack.machine_busy_ticks()
         elapsed = wall1 - wall0
         out = {name: self.totals.get(name, 0) / CLK_TCK / elapsed for name in self.groups}
         out["postgres"] = self.totals.get("postgres", 0) / CLK_TCK / elapsed
@@ -500,13 +287,6 @@ async def run_level(
 # ---- report ----------------------------------------------------------------------------------
 
 
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q / 100 * len(s) + 0.5) - 1))]
-
-
 def summary(s: LevelStats) -> dict:
     return {
         "concurrency": s.concurrency,
@@ -522,19 +302,6 @@ def summary(s: LevelStats) -> dict:
         "error_kinds": s.errors,
         "exhausted_annotators": s.exhausted,
         "cpu_cores": {k: round(v, 2) for k, v in s.cpu.items()},
-    }
-
-
-def machine() -> dict:
-    model = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "loadavg": Path("/proc/loadavg").read_text().split()[:3],
     }
 
 
@@ -614,80 +381,60 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["_seed"]:
-        seed(*(int(a) for a in argv[1:4]))
-        return 0
     args = parse_args(argv)
-    env = bench_env(args)
+    stack.exit_on_sigterm()
     logdir = Path(tempfile.mkdtemp(prefix="annotate_loop-"))
-    info = machine()
+    servers = stack.Stack(
+        db_name=DB_NAME,
+        logdir=logdir,
+        port=args.port,
+        web_workers=args.workers,
+        threads=args.threads,
+        redis_url=REDIS_URL,
+    )
+    env = servers.env
+    info = stack.machine()
     print(
         f"machine: {info['nproc']} cores, {info['cpu_model']}, loadavg {' '.join(info['loadavg'])}"
     )
     print(
         f"gunicorn: gthread, workers={args.workers} threads={args.threads}, keepalive 5 s, "
-        f"access log /dev/null, DEBUG=0, CONN_MAX_AGE={env.get('CONN_MAX_AGE', '60')}; "
+        f"no access log, DEBUG=0, CONN_MAX_AGE={env.get('CONN_MAX_AGE', '60')}; "
         f"celery worker: {'no' if args.no_worker else 'yes (concurrency 1)'}; "
         f"client: {args.client}"
     )
 
     t = time.perf_counter()
-    database_reset()
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        timeout=300,
+    servers.database_prepare()
+    seeded = servers.seed(
+        {
+            "slug": SLUG,
+            "name": "Benchmark",
+            "k": 3,
+            "prompts": args.prompts,
+            "responses": args.responses,
+            "users": sum(args.levels),
+            "user_prefix": "bench",
+        }
     )
-    seeded = run_seed(env, sum(args.levels), args.prompts, args.responses)
-    run_sql("ANALYZE")  # fresh planner statistics, as autovacuum would soon give them
     for statement in args.sql:
-        run_sql(statement)
+        stack.run_sql(DB_NAME, statement)
         print(f"ran: {statement}")
-    redis_flush()
+    servers.flush_redis()
+    tokens = [u["token"] for u in seeded["users"]]
     print(
-        f"seeded {seeded['pairs']} pairs (k=3), {len(seeded['tokens'])} annotators "
+        f"seeded {seeded['pairs']} pairs (k=3), {len(tokens)} annotators "
         f"in {time.perf_counter() - t:.1f}s"
     )
 
-    gunicorn = worker = None
     results: list[dict] = []
     try:
         if not args.no_worker:
-            worker = start(
-                [
-                    str(VENV_BIN / "celery"),
-                    "-A",
-                    "feedback_app",
-                    "worker",
-                    "--queues",
-                    "labels,default",
-                    "--concurrency",
-                    "1",
-                    "--loglevel",
-                    "WARNING",
-                ],
-                env,
-                logdir / "worker.log",
-            )
-        gunicorn = start(
-            [
-                str(VENV_BIN / "gunicorn"),
-                "feedback_app.wsgi:application",
-                "--config",
-                "gunicorn.conf.py",
-                "--access-logfile",
-                "/dev/null",
-            ],
-            env,
-            logdir / "gunicorn.log",
-        )
-        wait_healthy(args.port, gunicorn, logdir / "gunicorn.log")
-        groups = {"gunicorn": gunicorn.pid}
-        if worker is not None:
-            groups["worker"] = worker.pid
-        tokens = seeded["tokens"]
+            servers.start_worker(concurrency=1, loglevel="WARNING")
+        servers.start_web()
+        groups = {"gunicorn": servers.procs["web"].pid}
+        if not args.no_worker:
+            groups["worker"] = servers.procs["worker"].pid
         offset = 0
         for c in args.levels:
             level_tokens, offset = tokens[offset : offset + c], offset + c
@@ -705,12 +452,7 @@ def main(argv: list[str]) -> int:
             if stats.exhausted:
                 print(f"    {stats.exhausted} annotators ran out of pairs: seed more (--prompts)")
     finally:
-        stop(gunicorn)
-        stop(worker)
-        try:
-            redis_flush()
-        except Exception as exc:  # the report matters more than the cleanup message
-            print(f"could not flush {REDIS_URL}: {exc}", file=sys.stderr)
+        servers.close()
     print()
     print_table(results)
     if args.keep_logs:
@@ -727,7 +469,7 @@ def main(argv: list[str]) -> int:
                     "duration": args.duration,
                     "warmup": args.warmup,
                     "sql": args.sql,
-                    "code": code_version(),
+                    "code": stack.code_version(),
                     "settings": env["DJANGO_SETTINGS_MODULE"],
                     "pairs": seeded["pairs"],
                     "levels": results,
