@@ -9,8 +9,8 @@ from django.db import connection
 
 from annotation import services
 from feedback_app.celery import app
-from labeling.services import aggregation as labeling_services
 from labeling.models import AggregationState, ItemScore, PairLabel
+from labeling.services import aggregation as labeling_services
 from tests.factories import UserFactory, text_campaign
 
 
@@ -78,10 +78,17 @@ def test_judgment_committed_mid_run_triggers_one_more_run(worker, monkeypatch):
     assert PairLabel.objects.get(pair__campaign=campaign).count == 2
 
 
+@pytest.fixture
+def enqueued(monkeypatch):
+    sent = []
+    monkeypatch.setattr(
+        labeling_services, "_enqueue", lambda campaign_id, countdown=0: sent.append(campaign_id)
+    )
+    return sent
+
+
 @pytest.mark.django_db(transaction=True)
-def test_only_one_run_is_pending_per_campaign(monkeypatch):
-    enqueued = []
-    monkeypatch.setattr(labeling_services, "_enqueue", enqueued.append)
+def test_only_one_run_is_pending_per_campaign(enqueued):
     campaign = text_campaign(n_prompts=1, responses=2)
     assert labeling_services.aggregation_request(campaign_id=campaign.pk) is True
     assert labeling_services.aggregation_request(campaign_id=campaign.pk) is False
@@ -92,27 +99,27 @@ def test_only_one_run_is_pending_per_campaign(monkeypatch):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_stale_run_never_overwrites_newer_results(monkeypatch):
-    monkeypatch.setattr(labeling_services, "_enqueue", lambda campaign_id: None)
+def test_a_stale_run_never_overwrites_newer_results(enqueued):
     campaign = text_campaign(n_prompts=1, responses=2)
     AggregationState.objects.create(campaign=campaign, started_seq=5, applied_seq=7)
     # This run starts as number 6 and must drop its results: run 7 already applied newer ones.
-    assert labeling_services.aggregation_run(campaign_id=campaign.pk) is False
+    outcome = labeling_services.aggregation_run(campaign_id=campaign.pk)
+    assert outcome == labeling_services.RunOutcome.SUPERSEDED
     assert not ItemScore.objects.exists()
+    assert AggregationState.objects.get(campaign=campaign).finished_seq == 6
 
 
 @pytest.mark.django_db(transaction=True)
-def test_sweep_requeues_only_stale_pending_runs(monkeypatch):
+def test_sweep_requeues_only_stale_pending_runs(enqueued):
     from datetime import timedelta
 
-    from django.utils import timezone
+    from django.db.models.functions import Now
 
-    enqueued = []
-    monkeypatch.setattr(labeling_services, "_enqueue", enqueued.append)
     stale, fresh, idle = (text_campaign(n_prompts=1, responses=2) for _ in range(3))
-    long_ago = timezone.now() - labeling_services.PENDING_STALE_AFTER - timedelta(minutes=1)
+    # Database time, as the services compare it.
+    long_ago = Now() - labeling_services.PENDING_GRACE - timedelta(seconds=30)
     AggregationState.objects.create(campaign=stale, pending=True, requested_at=long_ago)
-    AggregationState.objects.create(campaign=fresh, pending=True, requested_at=timezone.now())
+    AggregationState.objects.create(campaign=fresh, pending=True, requested_at=Now())
     AggregationState.objects.create(campaign=idle, pending=False, requested_at=long_ago)
     assert labeling_services.aggregation_requeue_stale() == [stale.pk]
     assert enqueued == [stale.pk]
