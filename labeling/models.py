@@ -7,13 +7,17 @@ from annotation.models import Campaign, Criterion, Item, Pair
 
 
 class AggregationState(models.Model):
-    """One row per campaign: the debounce flag and the run sequence of its aggregation.
+    """One row per campaign: what its aggregation owes, and the record of its runs.
 
-    `pending` is set (False -> True) by the first judgment committed since the last run
-    started, which then enqueues one task; later judgments see it set and enqueue nothing.
-    A run clears it *before* reading judgments, so a judgment committed mid-run sets it again
-    and schedules one more run. Runs are numbered when they start; results are applied only
-    if no later run has applied its own, so overlapping runs can never leave stale scores.
+    The row, not a Celery message, is the record of a run owed (labeling/services/aggregation.py):
+    `pending` is set (False -> True, at `requested_at`, database time) by the first judgment
+    committed since the last run started, which then enqueues one task; later judgments see
+    it set and enqueue nothing. A run clears it *before* reading judgments, so a judgment
+    committed mid-run sets it again and schedules one more run. Runs hold the campaign's run
+    lock, so they never overlap, and are numbered when they start (`started_seq`) and when
+    they end (`finished_seq`). The beat sweep enqueues what is owed and has no task: a flag
+    older than the debounce plus a grace, a run started and never finished, judgments above
+    `judgment_high_water` with no flag set.
     """
 
     campaign = models.OneToOneField(
@@ -28,6 +32,12 @@ class AggregationState(models.Model):
     last_finished_at = models.DateTimeField(null=True, blank=True)
     judgments_used = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True)
+    # The last run that ended, applied or failed: started_seq > finished_seq with no run
+    # holding the lock is a run whose worker died midway, and the sweep has it redone.
+    finished_seq = models.PositiveIntegerField(default=0)
+    # The highest judgment id when the last run started. A higher one and no flag set is a
+    # judgment whose after-commit request never reached the database; the sweep schedules it.
+    judgment_high_water = models.PositiveBigIntegerField(default=0)
     # The last applied fit: whether the solver converged, and in how many iterations. An
     # unconverged fit is applied but recorded as such, never silently.
     fit_converged = models.BooleanField(null=True, blank=True)

@@ -1,126 +1,433 @@
-"""Aggregation: scheduling runs after judgments commit, and applying their results."""
+"""Aggregation: scheduling runs after judgments commit, running them one at a time per
+campaign, and applying their results.
+
+The database row (`AggregationState`) is the only record of what is owed; a Celery message is
+a hint to act on it soon, which a killed worker or an empty restarted broker may lose. The
+beat sweep (`aggregation_requeue_stale`) turns what is owed back into a message. Every time
+that decides staleness is the database's (`Now()` in the statement). docs/design.md,
+"Aggregation", walks through each fault and what recovers it.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import enum
+import fcntl
 import logging
+import os
+import threading
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from django.db import IntegrityError, transaction
-from django.db.models import Q
-from django.utils import timezone
+from django.conf import settings
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    connection,
+    transaction,
+)
+from django.db.models import BooleanField, Exists, ExpressionWrapper, F, Max, OuterRef, Q
+from django.db.models.functions import Now
 
 from .. import bradley_terry
 from ..models import AggregationState, ItemScore, PairLabel
 
 log = logging.getLogger(__name__)
 
-# A pending flag older than this is taken to be an enqueue that was lost (a broker outage
-# between setting the flag and publishing), and the next judgment enqueues again.
-PENDING_STALE_AFTER = timedelta(minutes=10)
+# How long past its debounce (AGGREGATION_DELAY_SECONDS) a pending flag may stay set before its
+# task counts as lost: a worker killed while holding the countdown message (Redis hands it to
+# another only after the visibility timeout), a broker restarted empty, a failed publish. The
+# sweep runs every 5 s (CELERY_BEAT_SCHEDULE), so scores catch up within about
+# delay + grace + 5 s + one run of the last judgment, whatever single part failed.
+PENDING_GRACE = timedelta(seconds=5)
 
 
-def _enqueue(campaign_id: int) -> None:
-    from django.conf import settings
+def _stale_before() -> Any:
+    """A pending flag set before this (database time) has outlived its task."""
+    return Now() - (timedelta(seconds=settings.AGGREGATION_DELAY_SECONDS) + PENDING_GRACE)
 
+
+def _enqueue(campaign_id: int, countdown: float = 0.0) -> None:
     from ..tasks.aggregation import aggregate_campaign
 
-    # The delay batches a burst of judgments into one run; the pending flag stays set
-    # meanwhile, so none of them enqueues another.
-    aggregate_campaign.apply_async((campaign_id,), countdown=settings.AGGREGATION_DELAY_SECONDS)
+    aggregate_campaign.apply_async((campaign_id,), countdown=countdown or None)
 
 
-def aggregation_request(*, campaign_id: int) -> bool:
-    """Schedule an aggregation of the campaign unless one is already pending.
+# --- the run lock ------------------------------------------------------------------------------
+#
+# One run per campaign at a time. Lock order: the run lock first, for the whole run; the
+# AggregationState row lock (select_for_update) only briefly inside it, at the start and at
+# the apply. Requests and the sweep never take the run lock, so a submit never waits on a run.
+#
+# PostgreSQL: a session-level advisory lock, keyed (_LOCK_CLASS, campaign id). Session-level,
+# so it spans the run's own transactions, and dies with the database session of a worker
+# that is killed midway -- nothing to expire or clean up. It needs the run's statements on one
+# server session: behind PgBouncer, point the workers at PostgreSQL directly or use session
+# pooling. Campaign ids are taken modulo 2**31 (the key is an int4); two campaigns sharing a
+# key would only take turns.
+#
+# SQLite (embedded mode) has no advisory locks. There, an flock on a file beside the database
+# file does the same job: embedded mode is one machine by construction, the kernel drops the
+# lock when the holding process dies, and every process that opens the database agrees on the
+# path. An in-memory database is one process, so a lock of this process is enough.
+_LOCK_CLASS = 0x61677267  # "agrg"
+_memory_locks: dict[int, threading.Lock] = {}
+_memory_locks_guard = threading.Lock()
 
-    Called after a judgment commits. Costs one read in the common case (a run is already
-    pending), so submits never queue up behind a shared row. Returns True if it enqueued.
-    """
-    now = timezone.now()
+
+def _lock_key(campaign_id: int) -> int:
+    return campaign_id % 2**31
+
+
+def _lock_file(campaign_id: int) -> Path | None:
+    name = str(connection.settings_dict["NAME"])
+    if name in ("", ":memory:") or "mode=memory" in name:
+        return None
+    folder = Path(name).with_name(Path(name).name + ".locks")
+    folder.mkdir(exist_ok=True)
+    return folder / f"aggregation-{campaign_id}"
+
+
+@contextlib.contextmanager
+def aggregation_run_lock(*, campaign_id: int) -> Iterator[bool]:
+    """Hold the campaign's run lock for the block. Yields False, at once and holding nothing,
+    when another run holds it. The lock belongs to the database session (PostgreSQL) or the
+    process (SQLite), not to a transaction: it spans the run's own transactions."""
+    if connection.vendor == "postgresql":
+        key = _lock_key(campaign_id)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [_LOCK_CLASS, key])
+            held = cursor.fetchone()[0]
+        if not held:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [_LOCK_CLASS, key])
+            except DatabaseError:
+                # The session is broken; ending it is what lets go of the lock now.
+                connection.close()
+        return
+    path = _lock_file(campaign_id)
+    if path is None:
+        with _memory_locks_guard:
+            lock = _memory_locks.setdefault(campaign_id, threading.Lock())
+        if not lock.acquire(blocking=False):
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        os.close(fd)  # closing the file lets go of the lock
+
+
+def _held_run_locks(campaign_ids: Iterable[int]) -> set[int]:
+    """Those of the campaigns whose run lock some run holds now (a snapshot: a run may start
+    or end right after; the callers only use it to avoid pointless messages)."""
+    campaign_ids = list(campaign_ids)
+    if not campaign_ids:
+        return set()
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                " AND classid = %s AND objsubid = 2",
+                [_LOCK_CLASS],
+            )
+            keys = {row[0] for row in cursor.fetchall()}
+        return {c for c in campaign_ids if _lock_key(c) in keys}
+    held = set()
+    for campaign_id in campaign_ids:
+        with aggregation_run_lock(campaign_id=campaign_id) as free:
+            if not free:
+                held.add(campaign_id)
+    return held
+
+
+# --- requests ----------------------------------------------------------------------------------
+
+
+def _request(campaign_id: int) -> bool:
+    stale_before = _stale_before()
     row = (
         AggregationState.objects.filter(campaign_id=campaign_id)
-        .values_list("pending", "requested_at")
+        .annotate(
+            fresh=ExpressionWrapper(Q(requested_at__gte=stale_before), output_field=BooleanField())
+        )
+        .values_list("pending", "fresh")
         .first()
     )
     if row is None:
         try:
             with transaction.atomic():
                 AggregationState.objects.create(
-                    campaign_id=campaign_id, pending=True, requested_at=now
+                    campaign_id=campaign_id, pending=True, requested_at=Now()
                 )
         except IntegrityError:
-            return False  # a concurrent submit created it and enqueued
+            return False  # a concurrent request created it and enqueues
     else:
-        pending, requested_at = row
-        if pending and requested_at and requested_at > now - PENDING_STALE_AFTER:
+        pending, fresh = row
+        if pending and fresh:
             return False
-        # Conditional update: of the submits racing here, exactly one flips the flag.
+        # Conditional update: of the requests racing here, exactly one flips the flag (or,
+        # for a flag whose task was lost, renews it) and enqueues.
         flipped = (
             AggregationState.objects.filter(campaign_id=campaign_id)
-            .filter(Q(pending=False) | Q(requested_at__lt=now - PENDING_STALE_AFTER))
-            .update(pending=True, requested_at=now)
+            .filter(
+                Q(pending=False) | Q(requested_at__lt=stale_before) | Q(requested_at__isnull=True)
+            )
+            .update(pending=True, requested_at=Now())
         )
         if not flipped:
             return False
     try:
-        _enqueue(campaign_id)
+        # The countdown batches a burst of judgments into one run (a run reads every judgment
+        # of the campaign). The worker holds the message unacknowledged meanwhile; if it dies
+        # or the broker forgets the message, the flag outlives its task and the sweep acts.
+        _enqueue(campaign_id, settings.AGGREGATION_DELAY_SECONDS)
     except Exception:
-        # Leave no flag behind that would block every later request.
-        AggregationState.objects.filter(campaign_id=campaign_id).update(pending=False)
-        log.exception("could not enqueue aggregation of campaign %s", campaign_id)
+        # The flag stays set: with it, the sweep enqueues once the flag is stale. Clearing
+        # it would leave the last judgments unaggregated until someone judges again.
+        log.exception("could not enqueue aggregation of campaign %s; the sweep will", campaign_id)
         return False
     return True
 
 
+def aggregation_request(*, campaign_id: int) -> bool:
+    """Schedule an aggregation of the campaign unless one is already pending. Returns True if
+    this call enqueued the task.
+
+    Called after a judgment commits (transaction.on_commit). Costs one read in the common case
+    (a run is pending and was requested within the debounce plus PENDING_GRACE), so submits
+    never queue up behind a shared row.
+
+    Never raises: the judgment is stored, and an error here must not turn the submit into a
+    failure. A connection the database or a proxy dropped is retried once on a new one; what
+    still fails is logged, and leaves state the sweep acts on -- a set flag whose publish
+    failed, or a judgment newer than the last run with no flag at all.
+    """
+    try:
+        return _request(campaign_id)
+    except (OperationalError, InterfaceError) as exc:
+        dropped = exc
+    except Exception:
+        log.exception("aggregation request for campaign %s failed; the sweep will", campaign_id)
+        return False
+    if connection.in_atomic_block:  # not after a commit: the caller's transaction is broken
+        log.error("aggregation request for campaign %s failed: %s", campaign_id, dropped)
+        return False
+    log.warning(
+        "aggregation request for campaign %s: %s; once more on a new connection",
+        campaign_id,
+        dropped,
+    )
+    try:
+        connection.close()
+        return _request(campaign_id)
+    except Exception:
+        log.exception("aggregation request for campaign %s failed; the sweep will", campaign_id)
+        return False
+
+
 def aggregation_requeue_stale() -> list[int]:
-    """Enqueue again every aggregation left pending longer than PENDING_STALE_AFTER: its
-    message was lost (a broker outage, or a worker that died holding it). Run by beat."""
-    now = timezone.now()
-    stale = list(
+    """Enqueue a run of every campaign that is owed one but has no live task; run by beat
+    every few seconds. Returns the campaigns enqueued.
+
+    Owed: a flag set longer than the debounce plus PENDING_GRACE ago (its message was lost);
+    a run that started and never finished (its worker was killed; the run had cleared the
+    flag); judgments newer than the last run with no flag set (their after-commit request
+    never reached the database). Campaigns whose run lock is held are left alone: the holder
+    looks at the flag again when it lets go. The sweep enqueues without a countdown -- the
+    debounce is long over -- and renews the flag, so it enqueues a campaign once per
+    staleness period, not every sweep.
+    """
+    from annotation.models import Campaign, Judgment
+
+    stale_before = _stale_before()
+    newer_judgments = Exists(
+        Judgment.objects.filter(
+            campaign_id=OuterRef("campaign_id"), pk__gt=OuterRef("judgment_high_water")
+        )
+    )
+    owed = set(
         AggregationState.objects.filter(
-            pending=True, requested_at__lt=now - PENDING_STALE_AFTER
+            Q(pending=True, requested_at__lt=stale_before)
+            | Q(pending=True, requested_at__isnull=True)
+            | Q(
+                Q(started_seq__gt=F("finished_seq"), last_started_at__lt=Now() - PENDING_GRACE)
+                | Q(newer_judgments),
+                pending=False,
+            )
         ).values_list("campaign_id", flat=True)
     )
+    no_row = set(
+        Campaign.objects.filter(aggregation__isnull=True)
+        .filter(Exists(Judgment.objects.filter(campaign_id=OuterRef("pk"))))
+        .values_list("pk", flat=True)
+    )
+    owed |= no_row
     requeued = []
-    for campaign_id in stale:
-        # Conditional: a run that started meanwhile cleared the flag and needs no help.
-        if AggregationState.objects.filter(
-            campaign_id=campaign_id, pending=True, requested_at__lt=now - PENDING_STALE_AFTER
-        ).update(requested_at=now):
+    for campaign_id in sorted(owed - _held_run_locks(owed)):
+        if campaign_id in no_row:
+            with contextlib.suppress(IntegrityError), transaction.atomic():
+                AggregationState.objects.create(campaign_id=campaign_id)
+        # Conditional, like a request's: of two sweeps, or a sweep and a request, one enqueues.
+        flipped = (
+            AggregationState.objects.filter(campaign_id=campaign_id)
+            .filter(
+                Q(pending=False) | Q(requested_at__lt=stale_before) | Q(requested_at__isnull=True)
+            )
+            .update(pending=True, requested_at=Now())
+        )
+        if not flipped:
+            continue
+        try:
             _enqueue(campaign_id)
-            requeued.append(campaign_id)
+        except Exception:
+            log.exception("could not enqueue aggregation of campaign %s", campaign_id)
+            continue
+        log.info("aggregation of campaign %s was owed and had no task; enqueued", campaign_id)
+        requeued.append(campaign_id)
     return requeued
+
+
+# --- runs --------------------------------------------------------------------------------------
+
+
+class RunOutcome(enum.StrEnum):
+    APPLIED = "applied"
+    SUPERSEDED = "superseded"  # a later run had already applied newer results
+    BUSY = "busy"  # another run holds the campaign; it looks at the flag when it is done
+    NOT_OWED = "not owed"  # nothing pending, nothing unfinished: a duplicate or late message
 
 
 OUTCOME = {"a": 1.0, "b": 0.0, "tie": 0.5}
 
 
-def aggregation_run(*, campaign_id: int) -> bool:
-    """Fit Bradley-Terry scores and pair soft labels from the campaign's active judgments.
+def aggregation_run(*, campaign_id: int, only_if_owed: bool = False) -> RunOutcome:
+    """Fit Bradley-Terry scores and pair soft labels from the campaign's active judgments,
+    holding the campaign's run lock, and apply them.
 
-    Idempotent: a rerun recomputes the same results from the same judgments. Returns False
-    when a later run had already applied its results (ours are then older and dropped).
+    Returns BUSY at once when another run holds the lock. With `only_if_owed` (the task's
+    way), returns NOT_OWED when no flag is set and no run was left unfinished, so a message
+    delivered twice, or an hour late, costs one read. Idempotent: a rerun recomputes the same
+    results from the same judgments. An unconverged fit is applied and recorded as such
+    (`fit_converged`); an error other than a database one is recorded in `last_error`.
     """
-    from annotation.models import Campaign
+    held = False
+    try:
+        with aggregation_run_lock(campaign_id=campaign_id) as held:
+            if not held:
+                return RunOutcome.BUSY
+            return _run_holding_lock(campaign_id=campaign_id, only_if_owed=only_if_owed)
+    finally:
+        # Let go first (leaving the `with`), then look: a request that came while we held
+        # the lock set the flag, and its task found the lock taken and returned BUSY. Looked
+        # at after letting go, either we see that flag, or the request came after our look
+        # and its task finds the lock free.
+        if held:
+            try:
+                if AggregationState.objects.filter(campaign_id=campaign_id, pending=True).exists():
+                    _enqueue(campaign_id, settings.AGGREGATION_DELAY_SECONDS)
+            except Exception:
+                log.exception("could not schedule the next aggregation of campaign %s", campaign_id)
+
+
+def _run_holding_lock(*, campaign_id: int, only_if_owed: bool) -> RunOutcome:
+    from annotation.models import Campaign, Judgment
 
     from ..selectors import aggregation_inputs
 
-    now = timezone.now()
     with transaction.atomic():
         state, _ = AggregationState.objects.select_for_update().get_or_create(
             campaign_id=campaign_id
         )
+        if only_if_owed and not state.pending and state.started_seq <= state.finished_seq:
+            return RunOutcome.NOT_OWED
+        seq = state.started_seq + 1
+        high_water = Judgment.objects.filter(campaign_id=campaign_id).aggregate(m=Max("id"))["m"]
         # Cleared and committed before reading judgments: anything committed after this
         # point sets the flag again and schedules the next run.
-        state.pending = False
-        state.started_seq += 1
-        state.last_started_at = now
-        state.save(update_fields=["pending", "started_seq", "last_started_at"])
-        seq = state.started_seq
+        AggregationState.objects.filter(campaign_id=campaign_id).update(
+            pending=False,
+            started_seq=seq,
+            last_started_at=Now(),
+            judgment_high_water=high_water or 0,
+        )
 
-    campaign = Campaign.objects.get(pk=campaign_id)
-    inputs = aggregation_inputs(campaign=campaign)
+    try:
+        campaign = Campaign.objects.get(pk=campaign_id)
+        inputs = aggregation_inputs(campaign=campaign)
+        scores, labels, fits = _compute(campaign=campaign, inputs=inputs)
+    except (OperationalError, InterfaceError):
+        raise  # transient: the task retries, and the run stays unfinished for the sweep
+    except Exception as exc:
+        aggregation_failed(campaign_id=campaign_id, error=exc, seq=seq)
+        raise
+
+    converged = all(fit.converged for _, fit in fits) if fits else None
+    iterations = max((fit.iterations for _, fit in fits), default=0)
+    for slug, fit in fits:
+        if not fit.converged:
+            log.warning(
+                "aggregation of campaign %s, run %s: the Bradley-Terry fit of %r did not "
+                "converge in %s iterations; its scores are applied and marked unconverged",
+                campaign_id,
+                seq,
+                slug,
+                fit.iterations,
+            )
+
+    with transaction.atomic():
+        state = AggregationState.objects.select_for_update().get(campaign_id=campaign_id)
+        # With the run lock no two runs overlap; this guards the results of a run against a
+        # later one all the same (a lock lost with a dropped session mid-run).
+        if state.applied_seq > seq:
+            AggregationState.objects.filter(campaign_id=campaign_id).update(finished_seq=seq)
+            return RunOutcome.SUPERSEDED
+        ItemScore.objects.filter(campaign_id=campaign_id).delete()
+        ItemScore.objects.bulk_create(scores, batch_size=2000)
+        PairLabel.objects.filter(campaign_id=campaign_id).delete()
+        PairLabel.objects.bulk_create(labels, batch_size=2000)
+        AggregationState.objects.filter(campaign_id=campaign_id).update(
+            applied_seq=seq,
+            finished_seq=seq,
+            runs_completed=F("runs_completed") + 1,
+            last_finished_at=Now(),
+            judgments_used=len(inputs.judgments),
+            last_error="",
+            fit_converged=converged,
+            fit_iterations=iterations,
+        )
+    return RunOutcome.APPLIED
+
+
+def _compute(
+    *, campaign: Any, inputs: Any
+) -> tuple[list[ItemScore], list[PairLabel], list[tuple[str, bradley_terry.Fit]]]:
+    from annotation.models import Campaign
+
     both_bad = 0.5 if campaign.both_bad_counts_as == Campaign.BothBad.TIE else None
     outcome_of = {**OUTCOME, "both_bad": both_bad}
 
@@ -128,6 +435,7 @@ def aggregation_run(*, campaign_id: int) -> bool:
     index_of = {item_id: i for i, item_id in enumerate(item_ids)}
     scores: list[ItemScore] = []
     labels: list[PairLabel] = []
+    fits: list[tuple[str, bradley_terry.Fit]] = []
     for criterion_id, slug in inputs.criteria:
         rows = [
             (pair_id, a, b, outcome_of.get(choices.get(slug)))
@@ -146,6 +454,7 @@ def aggregation_run(*, campaign_id: int) -> bool:
             n_items=len(item_ids), first=first, second=second, outcome=outcome
         )
         fit = bradley_terry.fit(comparisons=comparisons, l2=campaign.l2_prior)
+        fits.append((slug, fit))
         per_item = np.bincount(first, minlength=len(item_ids)) + np.bincount(
             second, minlength=len(item_ids)
         )
@@ -155,7 +464,7 @@ def aggregation_run(*, campaign_id: int) -> bool:
             ItemScore(
                 item_id=item_ids[i],
                 criterion_id=criterion_id,
-                campaign_id=campaign_id,
+                campaign_id=campaign.pk,
                 score=float(fit.scores[i]),
                 comparisons=int(per_item[i]),
             )
@@ -170,29 +479,19 @@ def aggregation_run(*, campaign_id: int) -> bool:
             PairLabel(
                 pair_id=int(pair_id),
                 criterion_id=criterion_id,
-                campaign_id=campaign_id,
+                campaign_id=campaign.pk,
                 prefer_a=float(prefer_a[n]),
                 count=int(counts[n]),
             )
             for n, pair_id in enumerate(unique_pairs)
         )
-
-    with transaction.atomic():
-        state = AggregationState.objects.select_for_update().get(campaign_id=campaign_id)
-        if state.applied_seq > seq:
-            return False
-        ItemScore.objects.filter(campaign_id=campaign_id).delete()
-        ItemScore.objects.bulk_create(scores, batch_size=2000)
-        PairLabel.objects.filter(campaign_id=campaign_id).delete()
-        PairLabel.objects.bulk_create(labels, batch_size=2000)
-        state.applied_seq = seq
-        state.runs_completed += 1
-        state.last_finished_at = timezone.now()
-        state.judgments_used = len(inputs.judgments)
-        state.last_error = ""
-        state.save()
-    return True
+    return scores, labels, fits
 
 
-def aggregation_failed(*, campaign_id: int, error: Any) -> None:
-    AggregationState.objects.filter(campaign_id=campaign_id).update(last_error=str(error)[:2000])
+def aggregation_failed(*, campaign_id: int, error: Any, seq: int | None = None) -> None:
+    """Record a run's error. With `seq`, the run also counts as finished, so the sweep does
+    not rerun what would only fail again; the next judgment schedules the next try."""
+    fields: dict[str, Any] = {"last_error": str(error)[:2000]}
+    if seq is not None:
+        fields["finished_seq"] = seq
+    AggregationState.objects.filter(campaign_id=campaign_id).update(**fields)

@@ -1,9 +1,15 @@
-"""Celery entry points for aggregation: take ids, call one service."""
+"""Celery entry points for aggregation: take ids, call one service.
+
+Both tasks are safe to run twice or late: the database row says what is owed, and a run
+holds the campaign's run lock (labeling/services/aggregation.py). Hard time limits sit far
+below the broker's visibility timeout (settings.CELERY_BROKER_TRANSPORT_OPTIONS), so Redis
+never hands a running task to a second worker.
+"""
 
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from ..services import aggregation_failed, aggregation_requeue_stale, aggregation_run
+from ..services import aggregation_requeue_stale, aggregation_run
 
 
 @shared_task(
@@ -16,16 +22,16 @@ from ..services import aggregation_failed, aggregation_requeue_stale, aggregatio
     soft_time_limit=900,
     time_limit=960,
 )
-def aggregate_campaign(campaign_id: int) -> None:
-    try:
-        aggregation_run(campaign_id=campaign_id)
-    except (OperationalError, InterfaceError):
-        raise
-    except Exception as exc:
-        aggregation_failed(campaign_id=campaign_id, error=exc)
-        raise
+def aggregate_campaign(campaign_id: int) -> str:
+    """Run the campaign's aggregation if one is owed. A message delivered twice, or an hour
+    late (a killed worker held it), finds nothing owed, or another run holding the campaign,
+    and returns at once. Other errors are recorded on the campaign's state by the service."""
+    return aggregation_run(campaign_id=campaign_id, only_if_owed=True).value
 
 
-@shared_task(name="labeling.tasks.aggregation_sweep", acks_late=True, time_limit=120)
+@shared_task(
+    name="labeling.tasks.aggregation_sweep", acks_late=True, soft_time_limit=50, time_limit=60
+)
 def aggregation_sweep() -> None:
+    """Enqueue every aggregation owed and without a task. Beat runs it every few seconds."""
     aggregation_requeue_stale()
