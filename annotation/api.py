@@ -181,6 +181,10 @@ class ScoresView(APIView):
             {
                 "updated_at": state.last_finished_at if state else None,
                 "judgments_used": state.judgments_used if state else 0,
+                # False: the solver stopped before converging; the scores are its last
+                # iterate, applied but not to be trusted blindly.
+                "fit_converged": state.fit_converged if state else None,
+                "fit_iterations": state.fit_iterations if state else 0,
                 "scores": [
                     {
                         "item": r["item_id"],

@@ -293,6 +293,14 @@ def test_an_unconverged_fit_is_applied_and_recorded_as_such(monkeypatch, caplog)
     assert state.fit_converged is False and state.fit_iterations == 1
     assert ItemScore.objects.filter(campaign=campaign).count() == 2  # applied, not dropped
     assert "did not converge" in caplog.text
+    from rest_framework.test import APIClient
+
+    from tests.factories import UserFactory
+
+    api = APIClient()
+    api.force_authenticate(UserFactory(is_staff=True))
+    body = api.get(f"/api/v1/campaigns/{campaign.slug}/scores/").json()
+    assert (body["fit_converged"], body["fit_iterations"]) == (False, 1)  # said, not hidden
 
     monkeypatch.setattr(agg.bradley_terry, "fit", real_fit)
     agg.aggregation_run(campaign_id=campaign.pk)
