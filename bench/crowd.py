@@ -891,6 +891,18 @@ def summarise(crowd: Crowd, checks: dict[str, Any]) -> dict[str, Any]:
             "outside_faults_p99_ms": _r(stack.pct(calm, 99), 1),
         }
 
+    def over_time(endpoint: str, ok: tuple[int, ...], width: float = 10.0) -> list[list[Any]]:
+        """[window start s, calls, p50 ms, p99 ms] per `width` seconds of the run: where in
+        the run slow calls come from (a campaign filling up, a fault)."""
+        buckets: dict[int, list[float]] = collections.defaultdict(list)
+        for c in crowd.calls:
+            if c.endpoint == endpoint and c.status in ok:
+                buckets[int((c.t0 - crowd.t_start) // width)].append(1000 * (c.t1 - c.t0))
+        return [
+            [int(k * width), len(v), _r(stack.pct(v, 50), 1), _r(stack.pct(v, 99), 1)]
+            for k, v in sorted(buckets.items())
+        ]
+
     per_behaviour: dict[str, dict[str, Any]] = {}
     for b in BEHAVIOURS:
         group = [a for a in crowd.annotators if a.behaviour == b]
@@ -943,6 +955,10 @@ def summarise(crowd: Crowd, checks: dict[str, Any]) -> dict[str, Any]:
                 "submit": latencies("submit", (201, 409)),
                 "skip": latencies("skip", (201,)),
                 "renew": latencies("renew", (200,)),
+            },
+            "latency_over_time": {
+                "lease_200": over_time("next", (200,)),
+                "submit": over_time("submit", (201, 409)),
             },
             "statuses": dict(sorted(statuses.items())),
             "double_submit_outcomes": dict(crowd.double_outcomes),
