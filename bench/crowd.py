@@ -65,6 +65,9 @@ except ImportError:  # run as a script: bench/ is on sys.path, the repository ro
 
 DB_NAME = "feedback_crowd"
 SLUG = "crowd"
+# Below gunicorn.conf.py's keepalive (5 s); see Crowd.annotate.
+CLIENT_KEEPALIVE_S = 3.0
+
 BEHAVIOURS = ("normal", "abandoner", "double", "retry", "skipper", "late")
 DEFAULT_MIX = "normal=50,abandoner=10,double=10,retry=10,skipper=10,late=10"
 FAULT_KINDS = ("web", "db", "broker", "worker")
@@ -341,8 +344,13 @@ class Crowd:
             base_url=self.base_url,
             headers={"Authorization": f"Token {a.token}"},
             timeout=30,
-            # Two connections: the double-submitter sends both copies at once.
-            limits=httpx.Limits(max_connections=2, max_keepalive_connections=2),
+            # Two connections: the double-submitter sends both copies at once. An idle
+            # connection is dropped before gunicorn's keepalive (5 s) would close it: reusing
+            # one the server is closing at that instant is HTTP/1.1's keep-alive race, which
+            # every client must avoid or retry, not a fault of the service.
+            limits=httpx.Limits(
+                max_connections=2, max_keepalive_connections=2, keepalive_expiry=CLIENT_KEEPALIVE_S
+            ),
         ) as client:
             if await self.pause(rng.uniform(0, args.ramp)):
                 return
