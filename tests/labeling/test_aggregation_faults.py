@@ -267,6 +267,66 @@ def test_a_run_killed_midway_is_redone_by_the_sweep(monkeypatch, enqueued):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_run_that_never_finishes_is_given_up_not_redone_forever(monkeypatch, enqueued):
+    """A fit that always dies (out of memory, past the hard time limit) must not be redone by
+    the sweep forever on the worker every campaign shares."""
+    campaign = judged_campaign()
+
+    class WorkerKilled(BaseException):
+        """Stands in for SIGKILL: no except clause of the run sees it."""
+
+    def killed(**kwargs):
+        raise WorkerKilled
+
+    monkeypatch.setattr(agg.bradley_terry, "fit", killed)
+    AggregationState.objects.create(campaign=campaign, pending=True, requested_at=Now())
+    outcomes = []
+    for _ in range(agg.MAX_UNFINISHED_RUNS + 2):
+        age(campaign, last_started_at=10, requested_at=10)
+        if not agg.aggregation_requeue_stale():
+            break
+        try:
+            outcomes.append(agg.aggregation_run(campaign_id=campaign.pk, only_if_owed=True))
+        except WorkerKilled:
+            outcomes.append("killed")
+    assert outcomes == ["killed"] * agg.MAX_UNFINISHED_RUNS + [agg.RunOutcome.GAVE_UP]
+    state = AggregationState.objects.get(campaign=campaign)
+    assert "never finished" in state.last_error and state.started_seq == state.finished_seq
+    # The next judgment tries again, and a fit that works now applies.
+    monkeypatch.undo()
+    monkeypatch.setattr(agg, "_enqueue", lambda campaign_id, countdown=0: None)
+    assert agg.aggregation_run(campaign_id=campaign.pk) == agg.RunOutcome.APPLIED
+    assert AggregationState.objects.get(campaign=campaign).unfinished_runs == 0
+
+
+@pytest.mark.django_db
+def test_a_judged_item_the_items_query_missed_is_aggregated_all_the_same(monkeypatch):
+    """Items and judgments are read in separate statements: an item created between them
+    (with its judgment) must not break the run."""
+    from annotation.models import Item as RealItem
+    from labeling import selectors
+
+    campaign = judged_campaign()
+    pair = Pair.objects.get(campaign=campaign)
+
+    class ItemsReadEarlier:
+        objects = type(
+            "M",
+            (),
+            {
+                "filter": staticmethod(
+                    lambda **kw: RealItem.objects.filter(**kw).exclude(pk=pair.item_b_id)
+                )
+            },
+        )
+
+    monkeypatch.setattr(selectors, "Item", ItemsReadEarlier)
+    monkeypatch.setattr(agg, "_enqueue", lambda campaign_id, countdown=0: None)
+    assert agg.aggregation_run(campaign_id=campaign.pk) == agg.RunOutcome.APPLIED
+    assert ItemScore.objects.filter(campaign=campaign).count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_failed_run_is_recorded_and_not_retried_by_the_sweep(monkeypatch, enqueued):
     campaign = judged_campaign()
 
