@@ -42,6 +42,8 @@ class AggregationState(models.Model):
     # unconverged fit is applied but recorded as such, never silently.
     fit_converged = models.BooleanField(null=True, blank=True)
     fit_iterations = models.PositiveIntegerField(default=0)
+    # Runs in a row that started and never finished (labeling.services.aggregation).
+    unfinished_runs = models.PositiveSmallIntegerField(default=0)
 
     def __str__(self) -> str:
         return f"aggregation of campaign {self.campaign_id}"

@@ -157,12 +157,11 @@ def _held_run_locks(campaign_ids: Iterable[int]) -> set[int]:
             )
             keys = {row[0] for row in cursor.fetchall()}
         return {c for c in campaign_ids if _lock_key(c) in keys}
-    held = set()
-    for campaign_id in campaign_ids:
-        with aggregation_run_lock(campaign_id=campaign_id) as free:
-            if not free:
-                held.add(campaign_id)
-    return held
+    # SQLite: the only way to look at a file lock is to take it, and a run arriving in that
+    # instant would find it taken and give up its message. Report none held: a message sent
+    # for a campaign whose run is going finds the lock taken, and the holder, looking at the
+    # flag the sweep set when it lets go, schedules the next run itself.
+    return set()
 
 
 # --- requests ----------------------------------------------------------------------------------
@@ -320,9 +319,13 @@ class RunOutcome(enum.StrEnum):
     SUPERSEDED = "superseded"  # a later run had already applied newer results
     BUSY = "busy"  # another run holds the campaign; it looks at the flag when it is done
     NOT_OWED = "not owed"  # nothing pending, nothing unfinished: a duplicate or late message
+    GAVE_UP = "gave up"  # MAX_UNFINISHED_RUNS runs in a row never finished; error recorded
 
 
 OUTCOME = {"a": 1.0, "b": 0.0, "tie": 0.5}
+# Runs in a row that may start and never finish before the campaign's aggregation is recorded
+# as failed (and left until the next judgment) instead of being redone by the sweep.
+MAX_UNFINISHED_RUNS = 3
 
 
 def aggregation_run(*, campaign_id: int, only_if_owed: bool = False) -> RunOutcome:
@@ -363,9 +366,30 @@ def _run_holding_lock(*, campaign_id: int, only_if_owed: bool) -> RunOutcome:
         state, _ = AggregationState.objects.select_for_update().get_or_create(
             campaign_id=campaign_id
         )
-        if only_if_owed and not state.pending and state.started_seq <= state.finished_seq:
+        unfinished = state.started_seq > state.finished_seq
+        if only_if_owed and not state.pending and not unfinished:
             return RunOutcome.NOT_OWED
         seq = state.started_seq + 1
+        # The run before this one started and never finished: its worker was killed (out of
+        # memory, the hard time limit) or it died applying. A run that can never finish
+        # would otherwise be redone by the sweep forever, on the worker the other campaigns
+        # share; after a few, it is recorded as failed and waits for the next judgment.
+        unfinished_runs = state.unfinished_runs + 1 if unfinished else 0
+        if unfinished_runs >= MAX_UNFINISHED_RUNS:
+            AggregationState.objects.filter(campaign_id=campaign_id).update(
+                pending=False,
+                finished_seq=state.started_seq,
+                unfinished_runs=0,
+                last_error=f"{unfinished_runs} runs in a row started and never finished (a "
+                "worker killed, or past the time limit); not retried until the next judgment.",
+            )
+            log.error(
+                "aggregation of campaign %s: %s runs in a row never finished; giving up until "
+                "the next judgment",
+                campaign_id,
+                unfinished_runs,
+            )
+            return RunOutcome.GAVE_UP
         high_water = Judgment.objects.filter(campaign_id=campaign_id).aggregate(m=Max("id"))["m"]
         # Cleared and committed before reading judgments: anything committed after this
         # point sets the flag again and schedules the next run.
@@ -374,6 +398,7 @@ def _run_holding_lock(*, campaign_id: int, only_if_owed: bool) -> RunOutcome:
             started_seq=seq,
             last_started_at=Now(),
             judgment_high_water=high_water or 0,
+            unfinished_runs=unfinished_runs,
         )
 
     try:
