@@ -208,3 +208,23 @@ def test_two_web_hosts_with_different_clocks_never_overfill_a_pair(gunicorn_fact
     )
     assert submitted.status_code == 201
     assert Judgment.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_reviving_an_expired_lease_never_gives_an_annotator_two_live_leases():
+    """Tab 1's lease expired; tab 2 leased another pair. Tab 1's renewal must not bring the
+    old lease back beside the new one."""
+    from annotation.errors import LeaseLost
+
+    user = UserFactory()
+    campaign = text_campaign(n_prompts=2, responses=2, k=1, members=[user])
+    old = services.assignment_lease_next(annotator=user, campaign=campaign)
+    Assignment.objects.filter(pk=old.pk).update(expires_at=timezone.now() - timedelta(minutes=1))
+    new = services.assignment_lease_next(annotator=user, campaign=campaign)
+    assert new.pk != old.pk
+    with pytest.raises(LeaseLost, match="another pair"):
+        services.assignment_renew(annotator=user, assignment_id=old.pk)
+    live = Assignment.objects.filter(
+        annotator=user, status=Assignment.Status.OPEN, expires_at__gt=timezone.now()
+    )
+    assert list(live.values_list("pk", flat=True)) == [new.pk]
