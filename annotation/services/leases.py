@@ -32,6 +32,7 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, F, OuterRef
+from django.db.models.functions import Now
 from django.utils.dateparse import parse_datetime
 
 from labeling.services import aggregation_request
@@ -499,6 +500,9 @@ def assignment_renew(*, annotator: AbstractBaseUser, assignment_id: Any) -> Assi
     campaign = assignment.campaign
     _require_active(campaign)
     with transaction.atomic():
+        # The membership lock first (the lock order in locks.py), as a lease request takes
+        # it: reviving an expired lease must not race a second tab leasing another pair.
+        membership_lock(campaign_id=campaign.pk, user_id=annotator.pk, slug=campaign.slug)
         # Under the pair's lock like every slot-taking operation: at the edge of expiry, the
         # slot may be being handed to someone else.
         pair_lock(pair_id=assignment.pair_id)
@@ -509,10 +513,27 @@ def assignment_renew(*, annotator: AbstractBaseUser, assignment_id: Any) -> Assi
             raise ServiceError(
                 f"This lease is {state.lease_status}; nothing to renew.", field="assignment"
             )
-        if not state.lease_live and not state.has_free_slot(campaign.judgments_per_pair):
-            raise LeaseLost(
-                "Your lease expired and the pair has been handed to others.", field="assignment"
-            )
+        if not state.lease_live:
+            if not state.has_free_slot(campaign.judgments_per_pair):
+                raise LeaseLost(
+                    "Your lease expired and the pair has been handed to others.",
+                    field="assignment",
+                )
+            if (
+                Assignment.objects.filter(
+                    annotator_id=annotator.pk,
+                    campaign_id=campaign.pk,
+                    status=Assignment.Status.OPEN,
+                    expires_at__gt=Now(),
+                )
+                .exclude(pk=assignment.pk)
+                .exists()
+            ):
+                # One annotator, one live lease: they have moved on to another pair.
+                raise LeaseLost(
+                    "Your lease expired and you hold a lease on another pair now.",
+                    field="assignment",
+                )
         assert state.lease_leased_at is not None
         life = max(campaign.lease_max_seconds, campaign.lease_seconds)
         cap = state.lease_leased_at + timedelta(seconds=life)

@@ -30,7 +30,14 @@
       headers: { "X-CSRFToken": csrfToken(), "HX-Request": "true" },
     }).then((r) => r.text()).then((text) => { lease.textContent = text; }).catch(() => {});
   }, 1000);
-  document.addEventListener("htmx:afterSwap", () => { lastRenewal = performance.now(); });
+  // A new lease starts a new period; a swap that shows the same lease again (a refused
+  // submit) does not, or frequent refusals would keep the lease from ever being renewed.
+  let leaseUrl = null;
+  document.addEventListener("htmx:afterSwap", () => {
+    const lease = document.querySelector(".lease[data-renew-url]");
+    const url = lease ? lease.dataset.renewUrl : null;
+    if (url !== leaseUrl) { leaseUrl = url; lastRenewal = performance.now(); }
+  });
 
   let shownAt = performance.now();
   document.addEventListener("htmx:afterSwap", () => { shownAt = performance.now(); });
