@@ -158,9 +158,9 @@ def _held_run_locks(campaign_ids: Iterable[int]) -> set[int]:
             keys = {row[0] for row in cursor.fetchall()}
         return {c for c in campaign_ids if _lock_key(c) in keys}
     # SQLite: the only way to look at a file lock is to take it, and a run arriving in that
-    # instant would find it taken and give up its message. Report none held: a message sent
-    # for a campaign whose run is going finds the lock taken, and the holder, looking at the
-    # flag the sweep set when it lets go, schedules the next run itself.
+    # instant would find it taken (and send itself again later, a needless delay). Report
+    # none held: a message sent for a campaign whose run is going finds the lock taken and
+    # is sent again after the debounce.
     return set()
 
 
@@ -256,8 +256,9 @@ def aggregation_requeue_stale() -> list[int]:
     Owed: a flag set longer than the debounce plus PENDING_GRACE ago (its message was lost);
     a run that started and never finished (its worker was killed; the run had cleared the
     flag); judgments newer than the last run with no flag set (their after-commit request
-    never reached the database). Campaigns whose run lock is held are left alone: the holder
-    looks at the flag again when it lets go. The sweep enqueues without a countdown -- the
+    never reached the database). Campaigns whose run lock is held are left alone: what they
+    owe is still owed when the run ends, and a later sweep sends it. The sweep enqueues
+    without a countdown -- the
     debounce is long over -- and renews the flag, so it enqueues a campaign once per
     staleness period, not every sweep.
     """
@@ -317,7 +318,7 @@ def aggregation_requeue_stale() -> list[int]:
 class RunOutcome(enum.StrEnum):
     APPLIED = "applied"
     SUPERSEDED = "superseded"  # a later run had already applied newer results
-    BUSY = "busy"  # another run holds the campaign; it looks at the flag when it is done
+    BUSY = "busy"  # another run holds the campaign; this one is sent again after the debounce
     NOT_OWED = "not owed"  # nothing pending, nothing unfinished: a duplicate or late message
     GAVE_UP = "gave up"  # MAX_UNFINISHED_RUNS runs in a row never finished; error recorded
 
@@ -338,23 +339,21 @@ def aggregation_run(*, campaign_id: int, only_if_owed: bool = False) -> RunOutco
     results from the same judgments. An unconverged fit is applied and recorded as such
     (`fit_converged`); an error other than a database one is recorded in `last_error`.
     """
-    held = False
-    try:
-        with aggregation_run_lock(campaign_id=campaign_id) as held:
-            if not held:
-                return RunOutcome.BUSY
-            return _run_holding_lock(campaign_id=campaign_id, only_if_owed=only_if_owed)
-    finally:
-        # Let go first (leaving the `with`), then look: a request that came while we held
-        # the lock set the flag, and its task found the lock taken and returned BUSY. Looked
-        # at after letting go, either we see that flag, or the request came after our look
-        # and its task finds the lock free.
+    with aggregation_run_lock(campaign_id=campaign_id) as held:
         if held:
-            try:
-                if AggregationState.objects.filter(campaign_id=campaign_id, pending=True).exists():
-                    _enqueue(campaign_id, settings.AGGREGATION_DELAY_SECONDS)
-            except Exception:
-                log.exception("could not schedule the next aggregation of campaign %s", campaign_id)
+            return _run_holding_lock(campaign_id=campaign_id, only_if_owed=only_if_owed)
+    # Another run holds the campaign. It may have read the judgments before the one that sent
+    # this message committed, so try again after the debounce rather than drop the work;
+    # if that publish fails, the flag is still set and the sweep sends it. (Letting the
+    # holder look at the flag when it is done would do the same, but then every cycle sends
+    # two messages and runs follow each other without a pause.)
+    try:
+        _enqueue(campaign_id, settings.AGGREGATION_DELAY_SECONDS)
+    except Exception:
+        log.exception(
+            "could not reschedule the aggregation of campaign %s; the sweep will", campaign_id
+        )
+    return RunOutcome.BUSY
 
 
 def _run_holding_lock(*, campaign_id: int, only_if_owed: bool) -> RunOutcome:

@@ -229,8 +229,8 @@ def test_two_runs_of_one_campaign_never_overlap_and_a_request_meanwhile_is_kept(
     finish.set()
     first.join(10)
     assert outcomes == {"first": "applied", "second": "busy"}
-    # The first run, having let go, saw the flag the mid-run judgment set and scheduled the
-    # run that the second task could not do.
+    # The second task, finding the campaign held, sent itself again for after the debounce:
+    # the mid-run judgment is not dropped.
     assert enqueued == [campaign.pk, campaign.pk, campaign.pk]
     assert AggregationState.objects.get(campaign=campaign).pending is True
 
