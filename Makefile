@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 PORT ?= 8000
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test install install-dev services-check migrate lint format bench clean
+.PHONY: demo test install install-dev services-check migrate lint format bench crowd clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,11 @@ format: install-dev
 
 bench: install-dev
 	$(PY) bench/annotate_loop.py
+
+# 200 annotators for 2 minutes with a web worker, the database, the broker and the Celery
+# worker broken on purpose; exits non-zero if an invariant fails (docs/benchmarks.md).
+crowd: install-dev
+	$(PY) bench/crowd.py --annotators 200 --duration 120 --faults all
 
 clean:
 	rm -rf $(VENV) staticfiles
