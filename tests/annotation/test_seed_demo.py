@@ -1,0 +1,39 @@
+"""The demo seed publishes no password outside embedded mode."""
+
+import io
+import re
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+
+
+def seed() -> dict[str, str]:
+    out = io.StringIO()
+    call_command("seed_demo", stdout=out)
+    return dict(
+        re.findall(r"^\s+\w+\s+(\S+)\s+password (\S+)\s+API token \w+$", out.getvalue(), re.M)
+    )
+
+
+@pytest.mark.django_db
+def test_outside_embedded_mode_passwords_are_random_printed_once_and_kept(settings):
+    settings.EMBEDDED_DATABASE = False  # DATABASE_URL set, as for a team's server
+    first = seed()
+    User = get_user_model()
+    admin = User.objects.get(username="admin")
+    assert not admin.check_password("admin-demo-pass")
+    assert len(first["admin"]) >= 16 and admin.check_password(first["admin"])
+    assert len(set(first.values())) == len(first)  # one password each
+    again = seed()
+    admin.refresh_from_db()
+    assert admin.check_password(first["admin"]), "a re-run must not reset a password"
+    assert set(again.values()) == {"(unchanged)"}
+
+
+@pytest.mark.django_db
+def test_the_embedded_laptop_demo_keeps_its_documented_logins(settings):
+    settings.EMBEDDED_DATABASE = True
+    logins = seed()
+    assert logins["admin"] == "admin-demo-pass"
+    assert get_user_model().objects.get(username="annotator1").check_password("annotate-demo-1")
