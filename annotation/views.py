@@ -82,11 +82,12 @@ def _int_or_none(value: str | None) -> int | None:
 
 
 def _act(request: HttpRequest, slug: str, action: Any, notice: str) -> HttpResponse:
-    """Run one service on the annotator's lease, then show the next pair: swapped in by htmx,
-    or after a redirect for a plain form post. A refused action shows why, writing nothing."""
+    """Run one service on the annotator's lease in the campaign the URL names, then show the
+    next pair: swapped in by htmx, or after a redirect for a plain form post. A refused
+    action shows why, writing nothing."""
     campaign = _campaign(request, slug)
     try:
-        action()
+        action(campaign)
     except ServiceError as exc:
         return _render_pair(request, campaign, error=exc)
     if not request.htmx:
@@ -100,9 +101,10 @@ def judge(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
     return _act(
         request,
         slug,
-        lambda: services.judgment_submit(
+        lambda campaign: services.judgment_submit(
             annotator=request.user,
             assignment_id=assignment_id,
+            campaign=campaign,
             choices=_choices_from_form(request),
             duration_ms=_int_or_none(request.POST.get("duration_ms")),
         ),
@@ -116,9 +118,10 @@ def skip(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
     return _act(
         request,
         slug,
-        lambda: services.skip_create(
+        lambda campaign: services.skip_create(
             annotator=request.user,
             assignment_id=assignment_id,
+            campaign=campaign,
             reason=request.POST.get("reason", ""),
         ),
         "Skipped.",
@@ -129,7 +132,11 @@ def skip(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
 @require_POST
 def renew(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
     try:
-        services.assignment_renew(annotator=request.user, assignment_id=assignment_id)
+        services.assignment_renew(
+            annotator=request.user,
+            assignment_id=assignment_id,
+            campaign=_campaign(request, slug),
+        )
     except ServiceError as exc:
         return HttpResponse(exc.message, status=200 if request.htmx else exc.status)
     return HttpResponse("")

@@ -315,9 +315,12 @@ def _lease_take(*, campaign: Campaign, annotator: AbstractBaseUser, pair_id: int
 # ---- acting on a lease ---------------------------------------------------------------------
 
 
-def _assignment_for(*, annotator: AbstractBaseUser, assignment_id: Any) -> Assignment:
+def _assignment_for(
+    *, annotator: AbstractBaseUser, assignment_id: Any, campaign: Campaign | None = None
+) -> Assignment:
     """The annotator's own lease, with its campaign; refused once they are no longer a
-    member of the campaign (checked in the same query)."""
+    member of the campaign (checked in the same query), and, given `campaign` (the one a
+    page's URL names), unless the lease is of that campaign."""
     member = Membership.objects.filter(
         campaign_id=OuterRef("campaign_id"), user_id=OuterRef("annotator_id")
     )
@@ -331,6 +334,11 @@ def _assignment_for(*, annotator: AbstractBaseUser, assignment_id: Any) -> Assig
         raise NotFound(f"No lease with id {assignment_id!r}.", field="assignment") from None
     if assignment.annotator_id != annotator.pk:
         raise Forbidden("This lease belongs to another annotator.", field="assignment")
+    if campaign is not None and assignment.campaign_id != campaign.pk:
+        raise NotFound(
+            f"No lease with id {assignment_id!r} in campaign '{campaign.slug}'.",
+            field="assignment",
+        )
     if not assignment.is_member:
         raise Forbidden(
             f"You are no longer a member of campaign '{assignment.campaign.slug}'.",
@@ -379,6 +387,7 @@ def judgment_submit(
     assignment_id: Any,
     choices: Any,
     duration_ms: int | None = None,
+    campaign: Campaign | None = None,
 ) -> Judgment:
     """Record the annotator's judgment of the pair leased by `assignment_id`.
 
@@ -388,7 +397,9 @@ def judgment_submit(
     check fails. The judgment stands once committed: scheduling its aggregation afterwards
     can fail without turning the answer into an error.
     """
-    assignment = _assignment_for(annotator=annotator, assignment_id=assignment_id)
+    assignment = _assignment_for(
+        annotator=annotator, assignment_id=assignment_id, campaign=campaign
+    )
     campaign = assignment.campaign
     _require_active(campaign)
     criteria = list(campaign.criteria.values_list("slug", flat=True))
@@ -469,9 +480,17 @@ def _submit_check(*, state: SlotState, campaign: Campaign) -> None:
         )
 
 
-def skip_create(*, annotator: AbstractBaseUser, assignment_id: Any, reason: str = "") -> Skip:
+def skip_create(
+    *,
+    annotator: AbstractBaseUser,
+    assignment_id: Any,
+    reason: str = "",
+    campaign: Campaign | None = None,
+) -> Skip:
     """Skip the leased pair: it frees the slot and is never offered to this annotator again."""
-    assignment = _assignment_for(annotator=annotator, assignment_id=assignment_id)
+    assignment = _assignment_for(
+        annotator=annotator, assignment_id=assignment_id, campaign=campaign
+    )
     _require_active(assignment.campaign)
     if len(reason) > 500:
         raise ServiceError("reason is longer than 500 characters.", field="reason")
@@ -492,11 +511,15 @@ def skip_create(*, annotator: AbstractBaseUser, assignment_id: Any, reason: str 
     return skip
 
 
-def assignment_renew(*, annotator: AbstractBaseUser, assignment_id: Any) -> Assignment:
+def assignment_renew(
+    *, annotator: AbstractBaseUser, assignment_id: Any, campaign: Campaign | None = None
+) -> Assignment:
     """Extend a lease while its page is open and in use. An expired lease is revived only
     while the pair still has a free slot, and no renewal takes a lease past its maximum life
     (`Campaign.lease_max_seconds` after it was taken), so an idle tab frees its slot."""
-    assignment = _assignment_for(annotator=annotator, assignment_id=assignment_id)
+    assignment = _assignment_for(
+        annotator=annotator, assignment_id=assignment_id, campaign=campaign
+    )
     campaign = assignment.campaign
     _require_active(campaign)
     with transaction.atomic():
