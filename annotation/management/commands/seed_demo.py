@@ -1,13 +1,18 @@
 """Seed the demo: a text campaign from the shipped JSONL, a staff user and three annotators.
 
-Safe to re-run: existing users keep their rows (their demo passwords are set again), and the
-campaign's content is imported only once.
+Safe to re-run: existing users keep their rows, and the campaign's content is imported only
+once. Passwords: in embedded mode (a laptop demo on SQLite) the documented demo passwords,
+set again on every run. With DATABASE_URL set (a shared server) the published passwords would
+open the server to anyone who read this file, so each new user gets a random password,
+printed once, and an existing user's password is never touched.
 """
 
 import json
+import secrets
 from itertools import combinations
 from pathlib import Path
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
@@ -38,12 +43,21 @@ class Command(BaseCommand):
         User = get_user_model()
         with transaction.atomic():
             users = []
-            for username, password in [STAFF, *ANNOTATORS]:
-                user, _ = User.objects.get_or_create(username=username)
+            shown = []  # the password to print for each user
+            for username, demo_password in [STAFF, *ANNOTATORS]:
+                user, created = User.objects.get_or_create(username=username)
                 user.is_staff = user.is_superuser = username == STAFF[0]
-                user.set_password(password)
+                if settings.EMBEDDED_DATABASE:
+                    password: str | None = demo_password
+                elif created:
+                    password = secrets.token_urlsafe(18)
+                else:
+                    password = None
+                if password is not None:
+                    user.set_password(password)
                 user.save()
                 users.append(user)
+                shown.append(password or "(unchanged)")
             campaign = Campaign.objects.filter(slug=SLUG).first()
             if campaign is None:
                 campaign = self._create_campaign(data)
@@ -56,12 +70,14 @@ class Command(BaseCommand):
             )
         )
         self.stdout.write("Log in with:")
-        for user, (username, password) in zip(users, [STAFF, *ANNOTATORS], strict=True):
+        for user, password in zip(users, shown, strict=True):
             token, _ = Token.objects.get_or_create(user=user)
             role = "staff" if user.is_staff else "annotator"
             self.stdout.write(
-                f"  {role:9}  {username:11} password {password:18} API token {token.key}"
+                f"  {role:9}  {user.username:11} password {password:18} API token {token.key}"
             )
+        if not settings.EMBEDDED_DATABASE and any(p != "(unchanged)" for p in shown):
+            self.stdout.write("These passwords are shown once; nothing else stores them.")
 
     def _create_campaign(self, path: Path) -> Campaign:
         rows = [
