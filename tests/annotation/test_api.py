@@ -161,7 +161,7 @@ def test_bulk_import_is_atomic_and_names_the_bad_row(api, staff):
         [{"item_a": items[0].pk, "item_b": items[1].pk}],
         format="json",
     )
-    assert r.status_code == 400 and "already exists" in r.json()["detail"]
+    assert r.status_code == 409 and "already exists" in r.json()["detail"]
     r = api.post(
         f"/api/v1/campaigns/{campaign.slug}/prompts/",
         [{"messages": [{"role": "wizard", "content": "x"}]}],
