@@ -8,21 +8,25 @@ from typing import Any
 
 from django.conf import settings
 from django.core.files.storage import default_storage
-from django.http import StreamingHttpResponse
+from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
+from django.urls import Resolver404, resolve
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import permissions, status
+from rest_framework import permissions, status, views
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from feedback_app.ranged import ranged_file_response
+from feedback_app.throttling import JudgmentThrottle, ScopedThrottle
 from labeling import selectors as labeling_selectors
 from labeling import services as labeling_services
 
 from . import selectors, services
-from .errors import NotFound, ServiceError
+from .api_errors import too_large
+from .errors import NotFound, ServiceError, shown
 from .models import Campaign
+from .parsers import chunked_body_buffer
 from .serializers import (
     CampaignSerializer,
     JudgmentInSerializer,
@@ -30,6 +34,28 @@ from .serializers import (
     SkipInSerializer,
     assignment_payload,
 )
+
+
+class APIView(views.APIView):
+    """DRF's APIView that also reads chunked request bodies."""
+
+    def initialize_request(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Request:
+        chunked_body_buffer(request)
+        return super().initialize_request(request, *args, **kwargs)
+
+
+@csrf_exempt
+def not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+    """Any URL under /api/ that matches no endpoint, in the API's error shape."""
+    path = shown(request.path)
+    detail = f"No API endpoint at {path}; see /api/docs/."
+    if not path.endswith("/"):
+        try:
+            if resolve(request.path_info + "/").func is not not_found:
+                detail = f"No API endpoint at {path}; did you mean {path}/ ?"
+        except Resolver404:
+            pass
+    return JsonResponse({"error": "not_found", "detail": detail, "field": "path"}, status=404)
 
 
 def _campaign(request: Request, slug: str) -> Campaign:
@@ -95,6 +121,9 @@ class NextPairView(APIView):
 
 
 class JudgmentSubmitView(APIView):
+    # Every API call counts in "api"; a judgment also in "judgments" (per annotator).
+    throttle_classes = [ScopedThrottle, JudgmentThrottle]
+
     @extend_schema(request=JudgmentInSerializer, responses={201: OpenApiTypes.OBJECT})
     def post(self, request: Request, assignment_id: int) -> Response:
         serializer = JudgmentInSerializer(data=request.data)
@@ -142,14 +171,9 @@ class BulkCreateView(APIView):
     def post(self, request: Request, slug: str) -> Response:
         length = int(request.META.get("CONTENT_LENGTH") or 0)
         if length > settings.IMPORT_MAX_BYTES:
-            return Response(
-                {
-                    "error": "too_large",
-                    "detail": f"The body is {length} bytes; the limit is "
-                    f"{settings.IMPORT_MAX_BYTES} bytes per request. Split it into batches.",
-                    "field": "body",
-                },
-                status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            return too_large(
+                f"The body is more than {settings.IMPORT_MAX_BYTES} bytes, the limit per "
+                "request. Split it into batches."
             )
         campaign = _campaign(request, slug)
         rows = request.data.get("rows") if isinstance(request.data, dict) else request.data

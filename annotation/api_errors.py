@@ -2,6 +2,8 @@
 
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -14,7 +16,8 @@ def _first_field(detail: Any, prefix: str = "") -> tuple[str, str]:
         for key, value in detail.items():
             path = f"{prefix}.{key}" if prefix else str(key)
             if key == "non_field_errors":
-                path = prefix
+                # At the top, the body itself was refused (null, a string, a number).
+                path = prefix or "body"
             return _first_field(value, path)
     if isinstance(detail, list) and detail:
         if isinstance(detail[0], (dict, list)):
@@ -25,9 +28,22 @@ def _first_field(detail: Any, prefix: str = "") -> tuple[str, str]:
     return prefix, str(detail)
 
 
+def too_large(detail: str) -> Response:
+    return Response(
+        {"error": "too_large", "detail": detail, "field": "body"},
+        status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    )
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ServiceError):
         return Response(exc.as_dict(), status=exc.status)
+    if isinstance(exc, RequestDataTooBig):
+        # Django's own answer would be an HTML 400.
+        return too_large(
+            f"The body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes, the limit "
+            "per request."
+        )
     if isinstance(exc, exceptions.ParseError):
         return Response(
             {"error": "malformed_json", "detail": str(exc.detail), "field": "body"},

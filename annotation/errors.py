@@ -33,6 +33,14 @@ class Forbidden(ServiceError):
     code = "forbidden"
 
 
+class Conflict(ServiceError):
+    """The row exists already: stored before, or by a concurrent request that won the race
+    to the unique constraint."""
+
+    status = 409
+    code = "conflict"
+
+
 class CampaignNotActive(ServiceError):
     status = 409
     code = "campaign_not_active"
@@ -48,3 +56,37 @@ class LeaseLost(ServiceError):
 
     status = 409
     code = "lease_lost"
+
+
+def shown(value: object) -> str:
+    """`value` as text fit to echo in a message or a field path: a lone surrogate (which JSON
+    can escape but UTF-8 cannot encode) would make the error itself unsendable."""
+    text = str(value)
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def text_check(value: str, *, field: str) -> str:
+    """Refuse text PostgreSQL cannot store (NUL in text or jsonb; lone surrogates, which UTF-8
+    cannot encode), naming the field, rather than fail on insert."""
+    if "\x00" in value:
+        raise ServiceError(
+            f"{field} contains a NUL character (\\u0000), which cannot be stored.", field=field
+        )
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ServiceError(
+                f"{field} contains a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text.",
+                field=field,
+            ) from None
+    return value
+
+
+class TooManyRequests(ServiceError):
+    """A rate limit (feedback_app/throttling.py) was passed."""
+
+    status = 429
+    code = "throttled"

@@ -16,10 +16,13 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models.functions import Now
 
+from .clip_check import validate_clip
+
 
 def clip_upload_to(instance: Item, filename: str) -> str:
     """A random name that says nothing about the item (no quality, model or gold hints);
-    only the extension is kept, for the content type."""
+    only the extension is kept, for people. The content type comes from the content
+    (annotation/clip_check.py)."""
     suffix = Path(filename).suffix.lower()
     if not re.fullmatch(r"\.[a-z0-9]{1,8}", suffix):
         suffix = ""
@@ -232,7 +235,9 @@ class Item(FrozenWhenJudged):
     episode = models.CharField(max_length=200, blank=True)
     start = models.PositiveIntegerField(null=True, blank=True)
     length = models.PositiveIntegerField(null=True, blank=True)
-    clip = models.FileField(upload_to=clip_upload_to, blank=True, max_length=200)
+    clip = models.FileField(
+        upload_to=clip_upload_to, blank=True, max_length=200, validators=[validate_clip]
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -13,9 +13,10 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from feedback_app.ranged import ranged_file_response
+from feedback_app.throttling import exempt, throttle_hit
 
 from . import selectors, services
-from .errors import CampaignNotActive, Forbidden, ServiceError
+from .errors import CampaignNotActive, Forbidden, ServiceError, TooManyRequests
 from .models import Assignment, Campaign
 
 PAGE = "annotation/compare.html"
@@ -98,18 +99,25 @@ def _act(request: HttpRequest, slug: str, action: Any, notice: str) -> HttpRespo
 @login_required
 @require_POST
 def judge(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
-    return _act(
-        request,
-        slug,
-        lambda campaign: services.judgment_submit(
+    def submit(campaign: Campaign) -> None:
+        # The same per-annotator limit as the API's (scope "judgments"): no vote stuffing
+        # through the page either.
+        if not exempt(request.user):
+            wait = throttle_hit(scope="judgments", who=f"user:{request.user.pk}")
+            if wait is not None:
+                raise TooManyRequests(
+                    f"Too many judgments in a short time; please take a break and try again "
+                    f"in {wait} seconds. Your answer was not recorded."
+                )
+        services.judgment_submit(
             annotator=request.user,
             assignment_id=assignment_id,
             campaign=campaign,
             choices=_choices_from_form(request),
             duration_ms=_int_or_none(request.POST.get("duration_ms")),
-        ),
-        "Saved.",
-    )
+        )
+
+    return _act(request, slug, submit, "Saved.")
 
 
 @login_required

@@ -398,6 +398,10 @@ class Stack:
             CELERY_BEAT_SCHEDULE_FILENAME=str(logdir / "celerybeat-schedule"),
             LOG_LEVEL="WARNING",
             PYTHONUNBUFFERED="1",
+            # Rate limits off: every simulated annotator comes from 127.0.0.1.
+            THROTTLE_API="",
+            THROTTLE_JUDGMENTS="",
+            THROTTLE_LOGIN="",
             PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         )
         env.update(extra_env or {})

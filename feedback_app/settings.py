@@ -64,6 +64,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "feedback_app.request_id.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "feedback_app.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -73,6 +74,21 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
 ]
+
+# Script, style and media only from our own origin (feedback_app/csp.py). The API docs page
+# of drf-spectacular inlines its start-up script and style, so it alone allows inline ones;
+# it loads nothing from another origin either.
+CONTENT_SECURITY_POLICY = env(
+    "CONTENT_SECURITY_POLICY",
+    default="default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "media-src 'self'; object-src 'none'; base-uri 'self'; frame-ancestors 'none'; "
+    "form-action 'self'",
+)
+CONTENT_SECURITY_POLICY_BY_PATH = {
+    "/api/docs/": "default-src 'self'; script-src 'self' 'unsafe-inline'; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data:; object-src 'none'; "
+    "base-uri 'self'; frame-ancestors 'none'; form-action 'self'",
+}
 
 ROOT_URLCONF = "feedback_app.urls"
 WSGI_APPLICATION = "feedback_app.wsgi.application"
@@ -193,7 +209,42 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]
     + (["rest_framework.renderers.BrowsableAPIRenderer"] if DEBUG else []),
     "EXCEPTION_HANDLER": "annotation.api_errors.exception_handler",
+    # Per user (or address) on every API call, scope "api"; judgments also count in
+    # "judgments" (feedback_app/throttling.py).
+    "DEFAULT_THROTTLE_CLASSES": ["feedback_app.throttling.ScopedThrottle"],
+    "DEFAULT_PARSER_CLASSES": [
+        "annotation.parsers.SafeJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
 }
+# Rate limits (feedback_app/throttling.py): "N/period" such as "60/min" or "10/15min"; an
+# empty value switches one off (the tests and benchmarks do: their clients share 127.0.0.1).
+THROTTLE_RATES = {
+    "api": env("THROTTLE_API", default="1200/min"),
+    "judgments": env("THROTTLE_JUDGMENTS", default="60/min"),
+    "login": env("THROTTLE_LOGIN", default="10/15min"),
+}
+THROTTLE_EXEMPT_GROUP = env("THROTTLE_EXEMPT_GROUP", default="trusted-scripts")
+THROTTLE_TRUSTED_PROXY_HEADER = env("THROTTLE_TRUSTED_PROXY_HEADER", default="")
+# The counters live in the cache: Redis when there is one, so every web process counts
+# together; a folder under VAR_DIR in embedded mode.
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": env("CACHE_URL", default=REDIS_URL),
+            "KEY_PREFIX": "feedback",
+        }
+    }
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(VAR_DIR / "cache"),
+        }
+    }
+
 SPECTACULAR_SETTINGS = {
     "TITLE": "Preference feedback API",
     "DESCRIPTION": "Lease pairs, submit judgments, manage campaigns and export preference data.",

@@ -1,17 +1,23 @@
 """Bulk imports of prompts, items and pairs (staff).
 
 Each import validates every row before it writes any, and writes all rows in one
-transaction: a bad row is named (rows[i].field) and nothing is stored.
+transaction: a bad row is named (rows[i].field) and nothing is stored. A row that exists
+already — stored before, or by a concurrent import that won the race to the unique
+constraint — is a 409 (Conflict), named the same way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
-from ..errors import ServiceError
+from ..errors import Conflict, ServiceError, shown, text_check
 from ..models import Campaign, Pair, pairs_prepare
+
+# Item.start and Item.length are PositiveIntegerField: a 32-bit signed column.
+FRAME_MAX = 2**31 - 1
 
 
 def _rows_check(rows: Any) -> list[dict[str, Any]]:
@@ -38,7 +44,23 @@ def _optional_str(row: dict[str, Any], key: str, where: str, max_length: int = 2
         raise ServiceError(f"{key} must be a string.", field=f"{where}.{key}")
     if len(value) > max_length:
         raise ServiceError(f"{key} is longer than {max_length} characters.", field=f"{where}.{key}")
-    return value
+    return text_check(value, field=f"{where}.{key}")
+
+
+def _json_text_check(value: Any, *, field: str) -> None:
+    """Every string (key or value) of a JSON value, as text_check; iterative, so no nesting
+    depth exhausts the stack."""
+    stack = [(value, field)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, str):
+            text_check(node, field=where)
+        elif isinstance(node, dict):
+            for key, child in node.items():
+                text_check(str(key), field=f"{where} (a key)")
+                stack.append((child, f"{where}.{key}"))
+        elif isinstance(node, list):
+            stack.extend((child, f"{where}[{index}]") for index, child in enumerate(node))
 
 
 def _metadata(row: dict[str, Any], where: str) -> dict[str, Any]:
@@ -47,6 +69,7 @@ def _metadata(row: dict[str, Any], where: str) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise ServiceError("metadata must be a JSON object.", field=f"{where}.metadata")
+    _json_text_check(value, field=f"{where}.metadata")
     return value
 
 
@@ -55,7 +78,7 @@ def messages_normalise(value: Any, *, where: str) -> list[dict[str, str]]:
     if isinstance(value, str):
         if not value.strip():
             raise ServiceError("The prompt is empty.", field=where)
-        return [{"role": "user", "content": value}]
+        return [{"role": "user", "content": text_check(value, field=where)}]
     if not isinstance(value, list) or not value:
         raise ServiceError("messages must be a non-empty list or a string.", field=where)
     out = []
@@ -71,10 +94,11 @@ def messages_normalise(value: Any, *, where: str) -> list[dict[str, str]]:
             )
         if message["role"] not in ("system", "user", "assistant", "tool"):
             raise ServiceError(
-                f"Unknown role '{message['role']}'; use system, user, assistant or tool.",
+                f"Unknown role '{shown(message['role'])}'; use system, user, assistant or tool.",
                 field=f"{where}[{index}].role",
             )
-        out.append({"role": message["role"], "content": message["content"]})
+        content = text_check(message["content"], field=f"{where}[{index}].content")
+        out.append({"role": message["role"], "content": content})
     return out
 
 
@@ -94,7 +118,7 @@ def _unique_external_ids(model: Any, campaign: Campaign, objs: list[Any], label:
         )
     )
     for ext in taken:
-        raise ServiceError(
+        raise Conflict(
             f"A {label} with external_id '{ext}' already exists in this campaign.",
             field=f"rows[{seen[ext]}].external_id",
         )
@@ -110,6 +134,8 @@ def _check_refs(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> None:
                     f"{key} must be an id (integer) or an external_id (string).",
                     field=f"rows[{index}].{key}",
                 )
+            if isinstance(ref, str):
+                text_check(ref, field=f"rows[{index}].{key}")
 
 
 def _resolver(model: Any, campaign: Campaign, refs: list[Any]) -> dict[Any, Any]:
@@ -151,8 +177,7 @@ def prompts_bulk_create(*, campaign: Campaign, rows: Any) -> list[Any]:
             )
         )
     _unique_external_ids(Prompt, campaign, objs, "prompt")
-    with transaction.atomic():
-        return Prompt.objects.bulk_create(objs, batch_size=1000)
+    return _insert(Prompt, objs, lambda: _unique_external_ids(Prompt, campaign, objs, "prompt"))
 
 
 def items_bulk_create(*, campaign: Campaign, rows: Any) -> list[Any]:
@@ -183,23 +208,26 @@ def items_bulk_create(*, campaign: Campaign, rows: Any) -> list[Any]:
             if not isinstance(content, str) or not content.strip():
                 raise ServiceError("content must be a non-empty string.", field=f"{where}.content")
             item.prompt_id = prompts[ref]["id"]
-            item.content = content
+            item.content = text_check(content, field=f"{where}.content")
         else:
             item.dataset = _optional_str(row, "dataset", where)
             item.episode = _optional_str(row, "episode", where)
             for key in ("start", "length"):
                 value = row.get(key)
-                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                if (
+                    not isinstance(value, int)
+                    or isinstance(value, bool)
+                    or not 0 <= value <= FRAME_MAX
+                ):
                     raise ServiceError(
-                        f"{key} must be a non-negative integer.", field=f"{where}.{key}"
+                        f"{key} must be an integer from 0 to {FRAME_MAX}.", field=f"{where}.{key}"
                     )
                 setattr(item, key, value)
             if not item.length:
                 raise ServiceError("length must be positive.", field=f"{where}.length")
         objs.append(item)
     _unique_external_ids(Item, campaign, objs, "item")
-    with transaction.atomic():
-        return Item.objects.bulk_create(objs, batch_size=1000)
+    return _insert(Item, objs, lambda: _unique_external_ids(Item, campaign, objs, "item"))
 
 
 def pairs_bulk_create(*, campaign: Campaign, rows: Any) -> list[Pair]:
@@ -235,13 +263,27 @@ def pairs_bulk_create(*, campaign: Campaign, rows: Any) -> list[Pair]:
             raise ServiceError(f"The same pair as row {seen[key]}.", field=where)
         seen[key] = index
         objs.append(Pair(campaign=campaign, item_a_id=key[0], item_b_id=key[1]))
+    _pairs_new(campaign, seen)
+    return _insert(Pair, pairs_prepare(objs), lambda: _pairs_new(campaign, seen))
+
+
+def _pairs_new(campaign: Campaign, seen: dict[tuple[int, int], int]) -> None:
     existing = Pair.objects.filter(
         campaign=campaign, item_a_id__in=[k[0] for k in seen], item_b_id__in=[k[1] for k in seen]
     ).values_list("item_a_id", "item_b_id")
     for key in existing:
         if key in seen:
-            raise ServiceError(
-                "This pair already exists in the campaign.", field=f"rows[{seen[key]}]"
-            )
-    with transaction.atomic():
-        return Pair.objects.bulk_create(pairs_prepare(objs), batch_size=1000)
+            raise Conflict("This pair already exists in the campaign.", field=f"rows[{seen[key]}]")
+
+
+def _insert(model: Any, objs: list[Any], recheck: Callable[[], None]) -> list[Any]:
+    """Insert all rows in one transaction. The rows were checked against stored ones, but a
+    concurrent import may commit the same key between that check and this insert; its unique
+    constraint then refuses ours (after waiting for it to commit), and `recheck` names the
+    row as a Conflict."""
+    try:
+        with transaction.atomic():
+            return model.objects.bulk_create(objs, batch_size=1000)
+    except IntegrityError:
+        recheck()
+        raise

@@ -44,6 +44,8 @@ from ..errors import (
     LeaseLost,
     NotFound,
     ServiceError,
+    shown,
+    text_check,
 )
 from ..locks import membership_lock, pair_lock
 from ..models import Assignment, Campaign, Choice, Judgment, Membership, Pair, Skip
@@ -356,8 +358,9 @@ def choices_canonical(*, criteria: list[str], raw: Any, a_on_left: bool) -> dict
             f"choices must be an object mapping each criterion ({', '.join(criteria)}) to a choice.",
             field="choices",
         )
-    unknown = sorted(set(raw) - set(criteria))
+    unknown = sorted(shown(key) for key in set(raw) - set(criteria))
     if unknown:
+        # Echoed through shown(): a lone surrogate would make the error itself unsendable.
         raise ServiceError(
             f"Unknown criterion '{unknown[0]}'; this campaign asks: {', '.join(criteria)}.",
             field=f"choices.{unknown[0]}",
@@ -369,7 +372,7 @@ def choices_canonical(*, criteria: list[str], raw: Any, a_on_left: bool) -> dict
             raise ServiceError(f"No choice given for criterion '{slug}'.", field=f"choices.{slug}")
         if value not in VALID_CHOICES:
             raise ServiceError(
-                f"'{value}' is not a valid choice for '{slug}'; use one of: "
+                f"'{shown(value)}' is not a valid choice for '{slug}'; use one of: "
                 f"{', '.join(VALID_CHOICES)}.",
                 field=f"choices.{slug}",
             )
@@ -494,6 +497,7 @@ def skip_create(
     _require_active(assignment.campaign)
     if len(reason) > 500:
         raise ServiceError("reason is longer than 500 characters.", field="reason")
+    text_check(reason, field="reason")
     with transaction.atomic():
         # The pair's lock orders a skip against a submit of the same pair (two tabs).
         pair_lock(pair_id=assignment.pair_id)
