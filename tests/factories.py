@@ -4,7 +4,7 @@ import factory
 from django.contrib.auth import get_user_model
 
 from annotation import services
-from annotation.models import Campaign, Item, Pair, Prompt, pairs_prepare
+from annotation.models import Campaign, Item, Judgment, Pair, Prompt, pairs_prepare
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -82,4 +82,22 @@ def text_campaign(*, n_prompts=4, responses=3, k=3, members=(), criteria=None, *
     Pair.objects.bulk_create(pairs_prepare(pairs))
     for user in members:
         services.membership_add(campaign=campaign, user=user)
+    return campaign
+
+
+def judged_campaign(n: int = 2) -> Campaign:
+    """A campaign whose one pair has `n` committed judgments, inserted without the hook."""
+    users = UserFactory.create_batch(n)
+    campaign = text_campaign(n_prompts=1, responses=2)
+    pair = Pair.objects.get(campaign=campaign)
+    Judgment.objects.bulk_create(
+        Judgment(
+            pair=pair,
+            annotator=u,
+            campaign=campaign,
+            choices={"overall": "a"},
+            shown_left=pair.item_a,
+        )
+        for u in users
+    )
     return campaign

@@ -30,7 +30,7 @@ from feedback_app.celery import app
 from labeling.models import AggregationState, ItemScore
 from labeling.services import aggregation as agg
 from labeling.tasks import aggregate_campaign, aggregation_sweep
-from tests.factories import UserFactory, text_campaign
+from tests.factories import UserFactory, judged_campaign, text_campaign
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -42,24 +42,6 @@ def enqueued(monkeypatch):
     sent: list[int] = []
     monkeypatch.setattr(agg, "_enqueue", lambda campaign_id, countdown=0: sent.append(campaign_id))
     return sent
-
-
-def judged_campaign(n=2):
-    """A campaign whose one pair has `n` committed judgments, inserted without the hook."""
-    users = UserFactory.create_batch(n)
-    campaign = text_campaign(n_prompts=1, responses=2)
-    pair = Pair.objects.get(campaign=campaign)
-    Judgment.objects.bulk_create(
-        Judgment(
-            pair=pair,
-            annotator=u,
-            campaign=campaign,
-            choices={"overall": "a"},
-            shown_left=pair.item_a,
-        )
-        for u in users
-    )
-    return campaign
 
 
 def age(campaign, **fields_seconds_ago):

@@ -18,11 +18,10 @@ import redis
 from django.db import connection
 from django.db.models.functions import Now
 
-from annotation.models import Judgment, Pair
 from feedback_app.celery import app
 from labeling.models import AggregationState, ItemScore
 from labeling.tasks import aggregate_campaign
-from tests.factories import UserFactory, text_campaign
+from tests.factories import judged_campaign
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -71,19 +70,7 @@ def worker_command() -> list[str]:
 
 
 def test_worker_survives_a_broker_restart_and_scores_catch_up(transactional_db, tmp_path):
-    users = UserFactory.create_batch(2)
-    campaign = text_campaign(n_prompts=1, responses=2)
-    pair = Pair.objects.get(campaign=campaign)
-    Judgment.objects.bulk_create(
-        Judgment(
-            pair=pair,
-            annotator=u,
-            campaign=campaign,
-            choices={"overall": "a"},
-            shown_left=pair.item_a,
-        )
-        for u in users
-    )
+    campaign = judged_campaign()
 
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
