@@ -21,17 +21,26 @@ def test_annotator_loop_over_the_api(api):
     as_user(api, user)
     lease = api.post(f"/api/v1/campaigns/{campaign.slug}/next/").json()
     assert lease["prompt"][0]["role"] == "user"
-    assert {lease["left"]["id"], lease["right"]["id"]} == {lease["item_a"], lease["item_b"]}
-    assert set(lease["left"]) == {"id", "content"}  # no source, external id or metadata
+    # The lease, the prompt and the sides, nothing else: no item or pair ids (import order),
+    # no source, external id or metadata.
+    assert set(lease) == {"assignment", "expires_at", "prompt", "left", "right", "criteria"}
+    assert set(lease["left"]) == set(lease["right"]) == {"content"}
     r = api.post(
         f"/api/v1/assignments/{lease['assignment']}/judgment/",
         {"choices": {"overall": "left"}},
         format="json",
     )
     assert r.status_code == 201
-    assert r.json()["choices"] == {
-        "overall": "a" if lease["left"]["id"] == lease["item_a"] else "b"
+    assert set(r.json()) == {"judgment", "choices"}
+    assert r.json()["choices"] == {"overall": "left"}  # as shown, not the stored orientation
+    judgment = Judgment.objects.get()
+    shown_left = lease["left"]["content"]
+    assert judgment.choices == {
+        "overall": "a" if judgment.pair.item_a.content == shown_left else "b"
     }
+    mine = api.get(f"/api/v1/campaigns/{campaign.slug}/judgments/?after=0")
+    for row in mine.json()["results"]:
+        assert set(row) == {"id", "choices", "duration_ms", "status", "created_at"}
     dup = api.post(
         f"/api/v1/assignments/{lease['assignment']}/judgment/", {"choices": "right"}, format="json"
     )
