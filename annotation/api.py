@@ -12,8 +12,13 @@ from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.urls import Resolver404, resolve
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import permissions, status, views
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_view,
+)
+from rest_framework import permissions, serializers, status, views
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -28,11 +33,26 @@ from .errors import NotFound, ServiceError, shown
 from .models import Campaign
 from .parsers import chunked_body_buffer
 from .serializers import (
+    AssignmentOutputSerializer,
+    BulkCreatedOutputSerializer,
     CampaignSerializer,
+    ErrorSerializer,
+    ExportSnapshotOutputSerializer,
+    ItemRowSerializer,
     JudgmentInSerializer,
+    JudgmentOutputSerializer,
+    JudgmentPageOutputSerializer,
+    LabelsOutputSerializer,
     MembersInSerializer,
+    MembersOutputSerializer,
+    PairRowSerializer,
+    PromptRowSerializer,
+    RenewOutputSerializer,
+    ScoresOutputSerializer,
     SkipInSerializer,
+    SkipOutputSerializer,
     assignment_payload,
+    choices_as_shown,
 )
 
 
@@ -58,6 +78,18 @@ def not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
     return JsonResponse({"error": "not_found", "detail": detail, "field": "path"}, status=404)
 
 
+# The error statuses each kind of call can answer, all in ErrorSerializer's shape: 401 without
+# a valid token, 403 for a call not allowed to this user, 404 for an unknown slug or id, 429
+# for a rate limit; a body can also be refused (400), be too large (413) or of a type no
+# parser reads (415), or collide with a stored row or a campaign's state (409).
+READ_ERRORS = (401, 403, 404, 429)
+WRITE_ERRORS = (400, 401, 403, 404, 409, 413, 415, 429)
+
+
+def _responses(ok: dict[Any, Any], errors: tuple[int, ...] = WRITE_ERRORS) -> dict[Any, Any]:
+    return {**ok, **{code: ErrorSerializer for code in errors}}
+
+
 def _campaign(request: Request, slug: str) -> Campaign:
     campaign = selectors.campaign_for(user=request.user, slug=slug)
     if campaign is None:
@@ -71,12 +103,12 @@ class CampaignListView(APIView):
             return [permissions.IsAdminUser()]
         return [permissions.IsAuthenticated()]
 
-    @extend_schema(responses=CampaignSerializer(many=True))
+    @extend_schema(responses=_responses({200: CampaignSerializer(many=True)}, (401, 429)))
     def get(self, request: Request) -> Response:
         campaigns = selectors.campaigns_visible_to(user=request.user).prefetch_related("criteria")
         return Response(CampaignSerializer(campaigns, many=True).data)
 
-    @extend_schema(request=CampaignSerializer, responses={201: CampaignSerializer})
+    @extend_schema(request=CampaignSerializer, responses=_responses({201: CampaignSerializer}))
     def post(self, request: Request) -> Response:
         serializer = CampaignSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -88,13 +120,15 @@ class CampaignListView(APIView):
 class CampaignMembersView(APIView):
     permission_classes = [permissions.IsAdminUser]
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(responses=_responses({200: MembersOutputSerializer}, READ_ERRORS))
     def get(self, request: Request, slug: str) -> Response:
         campaign = _campaign(request, slug)
         members = campaign.members.order_by("username").values("id", "username")
         return Response({"members": list(members)})
 
-    @extend_schema(request=MembersInSerializer, responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(
+        request=MembersInSerializer, responses=_responses({200: MembersOutputSerializer})
+    )
     def post(self, request: Request, slug: str) -> Response:
         campaign = _campaign(request, slug)
         serializer = MembersInSerializer(data=request.data)
@@ -107,7 +141,7 @@ class CampaignMembersView(APIView):
 class NextPairView(APIView):
     @extend_schema(
         request=None,
-        responses={200: OpenApiTypes.OBJECT, 204: None},
+        responses=_responses({200: AssignmentOutputSerializer, 204: None}),
         description="Lease the next pair (or return the lease you already hold). 204 when "
         "nothing is left for you in this campaign.",
     )
@@ -124,7 +158,11 @@ class JudgmentSubmitView(APIView):
     # Every API call counts in "api"; a judgment also in "judgments" (per annotator).
     throttle_classes = [ScopedThrottle, JudgmentThrottle]
 
-    @extend_schema(request=JudgmentInSerializer, responses={201: OpenApiTypes.OBJECT})
+    @extend_schema(
+        request=JudgmentInSerializer,
+        responses=_responses({201: JudgmentOutputSerializer}),
+        description="409 `already_judged` carries `judgment_id`, the judgment stored before.",
+    )
     def post(self, request: Request, assignment_id: int) -> Response:
         serializer = JudgmentInSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -135,13 +173,18 @@ class JudgmentSubmitView(APIView):
             duration_ms=serializer.validated_data.get("duration_ms"),
         )
         return Response(
-            {"judgment": judgment.pk, "pair": judgment.pair_id, "choices": judgment.choices},
+            {
+                "judgment": judgment.pk,
+                # As the annotator saw the sides: "a"/"b" would tell which response the
+                # pair stores first, i.e. the import order.
+                "choices": choices_as_shown(judgment.choices, a_on_left=judgment.assignment.a_on_left),
+            },
             status=status.HTTP_201_CREATED,
         )
 
 
 class SkipView(APIView):
-    @extend_schema(request=SkipInSerializer, responses={201: OpenApiTypes.OBJECT})
+    @extend_schema(request=SkipInSerializer, responses=_responses({201: SkipOutputSerializer}))
     def post(self, request: Request, assignment_id: int) -> Response:
         serializer = SkipInSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -150,11 +193,11 @@ class SkipView(APIView):
             assignment_id=assignment_id,
             reason=serializer.validated_data["reason"],
         )
-        return Response({"skip": skip.pk, "pair": skip.pair_id}, status=status.HTTP_201_CREATED)
+        return Response({"skip": skip.pk}, status=status.HTTP_201_CREATED)
 
 
 class RenewView(APIView):
-    @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(request=None, responses=_responses({200: RenewOutputSerializer}))
     def post(self, request: Request, assignment_id: int) -> Response:
         assignment = services.assignment_renew(annotator=request.user, assignment_id=assignment_id)
         return Response({"assignment": assignment.pk, "expires_at": assignment.expires_at})
@@ -166,8 +209,8 @@ class BulkCreateView(APIView):
     permission_classes = [permissions.IsAdminUser]
     service: Any = None
     kind = ""
+    row: Any = None
 
-    @extend_schema(request=OpenApiTypes.OBJECT, responses={201: OpenApiTypes.OBJECT})
     def post(self, request: Request, slug: str) -> Response:
         length = int(request.META.get("CONTENT_LENGTH") or 0)
         if length > settings.IMPORT_MAX_BYTES:
@@ -182,22 +225,50 @@ class BulkCreateView(APIView):
         return Response({"created": len(ids), "ids": ids}, status=status.HTTP_201_CREATED)
 
 
+def _bulk_schema(view: type[BulkCreateView]) -> type[BulkCreateView]:
+    """The request of a bulk view: a list of its rows, or {"rows": [...]}."""
+    name = view.row.__name__.removesuffix("Serializer")
+    rows = PolymorphicProxySerializer(
+        component_name=f"{name}s",
+        serializers=[
+            view.row(many=True),
+            type(f"{name}sInSerializer", (serializers.Serializer,), {"rows": view.row(many=True)}),
+        ],
+        resource_type_field_name=None,
+        many=False,
+    )
+    return extend_schema_view(
+        post=extend_schema(
+            request={"application/json": rows},
+            responses=_responses({201: BulkCreatedOutputSerializer}),
+            description="At most IMPORT_MAX_ROWS rows or IMPORT_MAX_BYTES bytes; all rows "
+            "or none are stored, and the first bad one is named (`rows[i].field`).",
+        )
+    )(view)
+
+
+@_bulk_schema
 class PromptBulkView(BulkCreateView):
     service = services.prompts_bulk_create
+    row = PromptRowSerializer
 
 
+@_bulk_schema
 class ItemBulkView(BulkCreateView):
     service = services.items_bulk_create
+    row = ItemRowSerializer
 
 
+@_bulk_schema
 class PairBulkView(BulkCreateView):
     service = services.pairs_bulk_create
+    row = PairRowSerializer
 
 
 class ScoresView(APIView):
     permission_classes = [permissions.IsAdminUser]
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(responses=_responses({200: ScoresOutputSerializer}, READ_ERRORS))
     def get(self, request: Request, slug: str) -> Response:
         campaign = _campaign(request, slug)
         state = labeling_selectors.aggregation_state(campaign=campaign)
@@ -226,7 +297,7 @@ class ScoresView(APIView):
 class LabelsView(APIView):
     permission_classes = [permissions.IsAdminUser]
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(responses=_responses({200: LabelsOutputSerializer}, READ_ERRORS))
     def get(self, request: Request, slug: str) -> Response:
         campaign = _campaign(request, slug)
         return Response(
@@ -265,7 +336,7 @@ class JudgmentListView(APIView):
             OpenApiParameter("after", int, description="Return judgments with id > after."),
             OpenApiParameter("limit", int, description="At most this many (1-1000, default 100)."),
         ],
-        responses={200: OpenApiTypes.OBJECT},
+        responses=_responses({200: JudgmentPageOutputSerializer}, (400, *READ_ERRORS)),
         description="Incremental pull: pass the returned `next_after` as `after` next time. "
         "Annotators see only their own judgments.",
     )
@@ -311,7 +382,10 @@ class ExportView(APIView):
     what = "judgments"
     export = staticmethod(selectors.judgment_export)
 
-    @extend_schema(responses={(200, "application/jsonl"): OpenApiTypes.STR})
+    @extend_schema(
+        responses=_responses({(200, "application/jsonl"): OpenApiTypes.STR}, READ_ERRORS),
+        description="JSON Lines, one row per line; `X-Row-Count` gives the number of lines.",
+    )
     def get(self, request: Request, slug: str) -> StreamingHttpResponse:
         campaign = _campaign(request, slug)
         export = self.export(campaign=campaign)
@@ -353,7 +427,7 @@ class ExportSnapshotCreateView(APIView):
 
     permission_classes = [permissions.IsAdminUser]
 
-    @extend_schema(request=None, responses={202: OpenApiTypes.OBJECT})
+    @extend_schema(request=None, responses=_responses({202: ExportSnapshotOutputSerializer}))
     def post(self, request: Request, slug: str) -> Response:
         campaign = _campaign(request, slug)
         snapshot = labeling_services.export_snapshot_request(campaign=campaign, user=request.user)
@@ -370,7 +444,7 @@ def _snapshot(snapshot_id: int) -> Any:
 class ExportSnapshotView(APIView):
     permission_classes = [permissions.IsAdminUser]
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(responses=_responses({200: ExportSnapshotOutputSerializer}, READ_ERRORS))
     def get(self, request: Request, snapshot_id: int) -> Response:
         return Response(_snapshot_payload(_snapshot(snapshot_id)))
 
@@ -378,7 +452,18 @@ class ExportSnapshotView(APIView):
 class ExportSnapshotDownloadView(APIView):
     permission_classes = [permissions.IsAdminUser]
 
-    @extend_schema(responses={(200, "application/jsonl"): OpenApiTypes.STR})
+    @extend_schema(
+        responses=_responses(
+            {
+                (200, "application/jsonl"): OpenApiTypes.STR,
+                (206, "application/jsonl"): OpenApiTypes.STR,
+                416: None,
+            },
+            (400, *READ_ERRORS),
+        ),
+        description="Served with HTTP Range: 206 for a range, 416 for one past the end; 400 "
+        "while the snapshot is not done.",
+    )
     def get(self, request: Request, snapshot_id: int) -> Any:
         snapshot = _snapshot(snapshot_id)
         if snapshot.status != snapshot.Status.DONE:

@@ -122,6 +122,23 @@ def judgments_page(
             "created_at",
         )[:limit]
     )
+    if not getattr(viewer, "is_staff", False):
+        # An annotator's own work, without the ids and canonical orientation that would
+        # reveal import order: choices as they saw the sides.
+        from .serializers import choices_as_shown
+
+        return [
+            {
+                "id": r["id"],
+                "choices": choices_as_shown(
+                    r["choices"], a_on_left=r["shown_left_id"] == r["pair__item_a_id"]
+                ),
+                "duration_ms": r["duration_ms"],
+                "status": r["status"],
+                "created_at": r["created_at"],
+            }
+            for r in rows
+        ]
     return [
         {
             "id": r["id"],

@@ -1,4 +1,5 @@
 from django.contrib.auth import get_user_model
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from .models import Assignment, Campaign, Item
@@ -85,35 +86,195 @@ class SkipInSerializer(serializers.Serializer):
 
 
 def item_payload(item: Item) -> dict:
-    """An item as an annotator sees it: no external id, source or metadata, which could
-    hint at quality or origin."""
-    payload: dict = {"id": item.pk}
+    """One side as an annotator sees it: the response's text, or the segment's clip. No id,
+    external id, source, dataset, episode, offsets or metadata: any of them could hint at
+    which model or policy made it, or in which order it was imported."""
     if item.prompt_id is not None or item.content:
-        payload["content"] = item.content
-    else:
-        payload.update(
-            dataset=item.dataset,
-            episode=item.episode,
-            start=item.start,
-            length=item.length,
-            clip=item.clip_url or None,
-        )
-    return payload
+        return {"content": item.content}
+    return {"clip": item.clip_url or None}
 
 
 def assignment_payload(assignment: Assignment) -> dict:
-    """What an annotator (person or script) sees of a lease: no model names or metadata,
-    which could bias the judgment."""
+    """What an annotator (person or script) sees of a lease: the lease, the prompt and the two
+    sides, nothing else. Choices are given as "left"/"right" (or tie, both_bad)."""
     pair = assignment.pair
     left, right = assignment.sides
     return {
         "assignment": assignment.pk,
-        "pair": pair.pk,
         "expires_at": assignment.expires_at,
         "prompt": pair.item_a.prompt.messages if pair.item_a.prompt_id else None,
         "left": item_payload(left),
         "right": item_payload(right),
-        "item_a": pair.item_a_id,
-        "item_b": pair.item_b_id,
         "criteria": [c.slug for c in assignment.campaign.criteria.all()],
     }
+
+
+def choices_as_shown(choices: dict[str, str], *, a_on_left: bool) -> dict[str, str]:
+    """Canonical choices ("a" = the pair's first item) as the annotator saw the sides."""
+    sides = {"a": "left", "b": "right"} if a_on_left else {"a": "right", "b": "left"}
+    return {slug: sides.get(value, value) for slug, value in choices.items()}
+
+
+# Output and row serializers: they describe the API's bodies for the OpenAPI schema
+# (STYLE.md rule 15). The views build their responses with the functions above and the
+# services validate the rows; these only say what goes in and comes out.
+
+
+class ErrorSerializer(serializers.Serializer):
+    """Every 4xx: {"error", "detail", "field"?}; a refused serializer field adds `errors`
+    (DRF's detail) and a duplicate judgment `judgment_id`."""
+
+    error = serializers.CharField(help_text="A code: invalid, not_found, conflict, throttled…")
+    detail = serializers.CharField()
+    field = serializers.CharField(
+        required=False, help_text="Where: a body field, rows[i].field, body, path."
+    )
+
+
+@extend_schema_field(
+    {"oneOf": [{"type": "integer"}, {"type": "string"}], "description": "An id or an external_id."}
+)
+class RefField(serializers.JSONField):
+    pass
+
+
+class MessageSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=["system", "user", "assistant", "tool"])
+    content = serializers.CharField()
+
+
+class PromptRowSerializer(serializers.Serializer):
+    external_id = serializers.CharField(required=False, max_length=200)
+    messages = MessageSerializer(
+        many=True, required=False, help_text='A chat; or give "prompt", one user message.'
+    )
+    prompt = serializers.CharField(required=False)
+
+
+class ItemRowSerializer(serializers.Serializer):
+    external_id = serializers.CharField(required=False, max_length=200)
+    source = serializers.CharField(
+        required=False, max_length=200, help_text="The model or policy (alias: model)."
+    )
+    model = serializers.CharField(required=False, max_length=200)
+    metadata = serializers.DictField(required=False)
+    prompt = RefField(required=False, help_text="Text campaigns: the prompt it answers.")
+    content = serializers.CharField(required=False, help_text="Text campaigns: the response.")
+    dataset = serializers.CharField(required=False, max_length=200, help_text="Trajectories.")
+    episode = serializers.CharField(required=False, max_length=200, help_text="Trajectories.")
+    start = serializers.IntegerField(required=False, min_value=0, max_value=2**31 - 1)
+    length = serializers.IntegerField(required=False, min_value=1, max_value=2**31 - 1)
+
+
+class PairRowSerializer(serializers.Serializer):
+    item_a = RefField()
+    item_b = RefField()
+
+
+class BulkCreatedOutputSerializer(serializers.Serializer):
+    created = serializers.IntegerField()
+    ids = serializers.ListField(child=serializers.IntegerField())
+
+
+class MemberOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    username = serializers.CharField()
+
+
+class MembersOutputSerializer(serializers.Serializer):
+    members = MemberOutputSerializer(many=True)
+
+
+class SideOutputSerializer(serializers.Serializer):
+    """item_payload: a text side has `content`, a trajectory side `clip`."""
+
+    content = serializers.CharField(required=False)
+    clip = serializers.CharField(required=False, allow_null=True)
+
+
+class AssignmentOutputSerializer(serializers.Serializer):
+    """assignment_payload."""
+
+    assignment = serializers.IntegerField()
+    expires_at = serializers.DateTimeField()
+    prompt = MessageSerializer(many=True, allow_null=True)
+    left = SideOutputSerializer()
+    right = SideOutputSerializer()
+    criteria = serializers.ListField(child=serializers.CharField())
+
+
+class JudgmentOutputSerializer(serializers.Serializer):
+    judgment = serializers.IntegerField()
+    choices = serializers.DictField(
+        child=serializers.CharField(), help_text="Per criterion, as shown: left, right, tie…"
+    )
+
+
+class SkipOutputSerializer(serializers.Serializer):
+    skip = serializers.IntegerField()
+
+
+class RenewOutputSerializer(serializers.Serializer):
+    assignment = serializers.IntegerField()
+    expires_at = serializers.DateTimeField()
+
+
+class ScoreOutputSerializer(serializers.Serializer):
+    item = serializers.IntegerField()
+    external_id = serializers.CharField(allow_blank=True)
+    criterion = serializers.CharField()
+    score = serializers.FloatField()
+    comparisons = serializers.IntegerField()
+
+
+class ScoresOutputSerializer(serializers.Serializer):
+    updated_at = serializers.DateTimeField(allow_null=True)
+    judgments_used = serializers.IntegerField()
+    fit_converged = serializers.BooleanField(allow_null=True)
+    fit_iterations = serializers.IntegerField()
+    scores = ScoreOutputSerializer(many=True)
+
+
+class LabelOutputSerializer(serializers.Serializer):
+    pair = serializers.IntegerField()
+    item_a = serializers.IntegerField()
+    item_b = serializers.IntegerField()
+    criterion = serializers.CharField()
+    prefer_a = serializers.FloatField()
+    count = serializers.IntegerField()
+
+
+class LabelsOutputSerializer(serializers.Serializer):
+    labels = LabelOutputSerializer(many=True)
+
+
+class JudgmentRowOutputSerializer(serializers.Serializer):
+    """selectors.judgments_page: staff get every field, annotators the unmarked ones."""
+
+    id = serializers.IntegerField()
+    pair = serializers.IntegerField(required=False, help_text="Staff only.")
+    item_a = serializers.IntegerField(required=False, help_text="Staff only.")
+    item_b = serializers.IntegerField(required=False, help_text="Staff only.")
+    annotator = serializers.CharField(required=False, help_text="Staff only: a pseudonym.")
+    choices = serializers.DictField(child=serializers.CharField())
+    shown_left = serializers.IntegerField(required=False, help_text="Staff only: an item id.")
+    duration_ms = serializers.IntegerField(allow_null=True)
+    status = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+class JudgmentPageOutputSerializer(serializers.Serializer):
+    results = JudgmentRowOutputSerializer(many=True)
+    next_after = serializers.IntegerField()
+
+
+class ExportSnapshotOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    campaign = serializers.CharField()
+    status = serializers.ChoiceField(choices=["pending", "running", "done", "failed"])
+    rows = serializers.IntegerField()
+    size = serializers.IntegerField()
+    error = serializers.CharField(allow_blank=True)
+    created_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+    download = serializers.CharField(allow_null=True)
