@@ -3,6 +3,7 @@ production settings."""
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,8 @@ def test_compose_file_validates_and_mirrors_the_procfile():
         got = services[name]["command"]
         got = " ".join(got) if isinstance(got, list) else got
         assert got == command, f"{name}: compose runs {got!r}, Procfile {command!r}"
+    # Everything else is a stock image, not a process of ours.
+    assert set(services) - set(procfile()) == {"db", "redis", "proxy"}
     for name, service in services.items():
         assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
     assert "/healthz" in " ".join(services["web"]["healthcheck"]["test"])
@@ -55,6 +58,59 @@ def test_compose_file_validates_and_mirrors_the_procfile():
     assert (
         "capabilities: [gpu]" in (ROOT / "docker-compose.yml").read_text()
     )  # commented reservation
+
+
+def test_compose_publishes_only_the_buffering_proxy():
+    services = compose_config()["services"]
+    published = {name for name, service in services.items() if service.get("ports")}
+    assert published == {"proxy"}, published
+    proxy = services["proxy"]
+    assert proxy["image"].startswith("nginx:")
+    assert [int(p["target"]) for p in proxy["ports"]] == [80]
+    mounts = [str(v) for v in proxy["volumes"]]
+    assert any("deploy/nginx.conf" in v and "/etc/nginx/conf.d/default.conf" in v for v in mounts)
+    assert any("media" in v and "/app/var/media" in v for v in mounts)
+    assert services["web"]["environment"]["THROTTLE_TRUSTED_PROXY_HEADER"] == "HTTP_X_REAL_IP"
+    assert int(services["web"]["environment"]["GUNICORN_HEADER_TIMEOUT"]) > 0
+
+
+def test_nginx_config_parses_and_sets_the_slow_client_limits(tmp_path):
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    assert Path(nginx).exists(), "nginx is missing: `make test` installs Debian's nginx-light"
+    conf = (ROOT / "deploy/nginx.conf").read_text()
+    directives: dict[str, str] = {}
+    for name, value in re.findall(r"^\s*(\w+)\s+([^;{]*?)\s*;", conf, re.M):
+        directives.setdefault(name, value)  # the server-wide one, before any location's
+    assert directives["client_header_timeout"] and directives["client_body_timeout"]
+    assert directives["proxy_request_buffering"] == "on"
+    from django.conf import settings
+
+    assert directives["client_max_body_size"] == f"{settings.DATA_UPLOAD_MAX_MEMORY_SIZE >> 20}m"
+    assert "X-Real-IP $remote_addr" in conf and "X-Forwarded-Proto $scheme" in conf
+    assert re.search(r"location /protected-media/ \{\s*internal;", conf)
+    # The image's http context, cut down: conf.d/default.conf is included inside http {}.
+    main = tmp_path / "nginx.conf"
+    main.write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"http {{ access_log off; include {ROOT}/deploy/nginx.conf; }}\n"
+    )
+    result = subprocess.run(
+        [
+            nginx,
+            "-t",
+            "-q",
+            "-p",
+            str(tmp_path),
+            "-e",
+            str(tmp_path / "error.log"),
+            "-c",
+            str(main),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_compose_refuses_to_start_without_a_secret_key():
