@@ -50,9 +50,13 @@ demo: migrate
 /usr/bin/docker-compose:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
 
+# deploy/nginx.conf is checked with `nginx -t` (tests/test_deploy.py): Debian's nginx-light.
+/usr/sbin/nginx:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >/dev/null
+
 test: install-dev
 	$(PY) -m feedback_app.preflight --require-servers
-	$(MAKE) --no-print-directory /usr/bin/chromium /usr/bin/docker-compose /usr/bin/faketime
+	$(MAKE) --no-print-directory /usr/bin/chromium /usr/bin/docker-compose /usr/bin/faketime /usr/sbin/nginx
 	$(PY) -m pytest
 
 lint: install-dev
