@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import TooManyFieldsSent, TooManyFilesSent
 from django.core.files.storage import default_storage
 from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.urls import Resolver404, resolve
@@ -57,11 +58,22 @@ from .serializers import (
 
 
 class APIView(views.APIView):
-    """DRF's APIView that also reads chunked request bodies."""
+    """DRF's APIView that also reads chunked request bodies, and answers a form body with too
+    many fields in the API's error shape."""
 
     def initialize_request(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Request:
         chunked_body_buffer(request)
         return super().initialize_request(request, *args, **kwargs)
+
+    def handle_exception(self, exc: Exception) -> Response:
+        if isinstance(exc, TooManyFieldsSent | TooManyFilesSent):
+            # Django's own answer would be an HTML 400.
+            exc = ServiceError(
+                f"The form has more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS} fields or "
+                f"{settings.DATA_UPLOAD_MAX_NUMBER_FILES} files; send JSON.",
+                field="body",
+            )
+        return super().handle_exception(exc)
 
 
 @csrf_exempt
@@ -177,7 +189,9 @@ class JudgmentSubmitView(APIView):
                 "judgment": judgment.pk,
                 # As the annotator saw the sides: "a"/"b" would tell which response the
                 # pair stores first, i.e. the import order.
-                "choices": choices_as_shown(judgment.choices, a_on_left=judgment.assignment.a_on_left),
+                "choices": choices_as_shown(
+                    judgment.choices, a_on_left=judgment.assignment.a_on_left
+                ),
             },
             status=status.HTTP_201_CREATED,
         )

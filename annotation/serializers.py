@@ -71,8 +71,18 @@ class MembersInSerializer(serializers.Serializer):
         return [users[name] for name in value]
 
 
+_CHOICE = {"type": "string", "enum": ["left", "right", "a", "b", "tie", "both_bad"]}
+
+
+@extend_schema_field(
+    {"oneOf": [{"type": "object", "additionalProperties": _CHOICE, "minProperties": 1}, _CHOICE]}
+)
+class ChoicesField(serializers.JSONField):
+    """Any JSON in, checked by judgment_submit; the schema says what it accepts."""
+
+
 class JudgmentInSerializer(serializers.Serializer):
-    choices = serializers.JSONField(
+    choices = ChoicesField(
         help_text='{"criterion": "left" | "right" | "a" | "b" | "tie" | "both_bad"}, or one '
         "choice string when the campaign has a single criterion."
     )

@@ -132,7 +132,9 @@ def test_lease_submit_aggregate_export(embedded):
                 lease = r.json()
                 r = c.post(
                     f"/api/v1/assignments/{lease['assignment']}/judgment/",
-                    json={"choices": {"overall": ["left", "right", "tie"][lease["assignment"] % 3]}},
+                    json={
+                        "choices": {"overall": ["left", "right", "tie"][lease["assignment"] % 3]}
+                    },
                 )
                 counts[f"submit {r.status_code}"] += 1
         results[name] = counts
