@@ -338,3 +338,22 @@ def test_a_campaign_chooses_its_pair_order_and_lease_life(api, staff):
     assert r.status_code == 201
     assert (r.json()["pair_order"], r.json()["lease_max_seconds"]) == ("complete_first", 900)
     assert Campaign.objects.get(slug="ordered").pair_order == "complete_first"
+
+
+@pytest.mark.django_db
+def test_annotators_choose_sides_not_the_stored_orientation(api):
+    """An annotator cannot know which side is the pair's "a" (that would reveal import
+    order), so "a"/"b" from an annotator is a blind vote: refused, naming the field."""
+    user = UserFactory()
+    campaign = text_campaign(n_prompts=1, responses=2, k=1, members=[user])
+    as_user(api, user)
+    lease = api.post(f"/api/v1/campaigns/{campaign.slug}/next/").json()
+    for blind in ("a", "b"):
+        r = api.post(
+            f"/api/v1/assignments/{lease['assignment']}/judgment/",
+            {"choices": {"overall": blind}},
+            format="json",
+        )
+        assert r.status_code == 400 and r.json()["field"] == "choices.overall"
+        assert "left, right, tie, both_bad" in r.json()["detail"]
+    assert not Judgment.objects.exists()
