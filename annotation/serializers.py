@@ -71,7 +71,7 @@ class MembersInSerializer(serializers.Serializer):
         return [users[name] for name in value]
 
 
-_CHOICE = {"type": "string", "enum": ["left", "right", "a", "b", "tie", "both_bad"]}
+_CHOICE = {"type": "string", "enum": ["left", "right", "tie", "both_bad"]}
 
 
 @extend_schema_field(
@@ -83,7 +83,7 @@ class ChoicesField(serializers.JSONField):
 
 class JudgmentInSerializer(serializers.Serializer):
     choices = ChoicesField(
-        help_text='{"criterion": "left" | "right" | "a" | "b" | "tie" | "both_bad"}, or one '
+        help_text='{"criterion": "left" | "right" | "tie" | "both_bad"}, or one '
         "choice string when the campaign has a single criterion."
     )
     duration_ms = serializers.IntegerField(

@@ -52,7 +52,9 @@ from ..models import Assignment, Campaign, Choice, Judgment, Membership, Pair, S
 from ..pair_order import pair_order_for
 
 SIDE_CHOICES = ("left", "right")
-VALID_CHOICES = (*SIDE_CHOICES, *Choice.values)
+# What an annotator answers: a side as shown, or a verdict on both. Never the stored "a"/"b":
+# they are not told which side that is (it would reveal import order), so it would be blind.
+VALID_CHOICES = (*SIDE_CHOICES, Choice.TIE.value, Choice.BOTH_BAD.value)
 MAX_DURATION_MS = 2**31 - 1  # the column is a 32-bit integer
 
 _TABLES = {

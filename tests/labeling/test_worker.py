@@ -33,8 +33,15 @@ def wait_for(predicate, timeout=30.0):
 
 
 def judge(user, campaign, choice):
+    """`choice` canonical ("a" = item_a), given as the side the lease shows item_a on."""
     lease = services.assignment_lease_next(annotator=user, campaign=campaign)
-    return services.judgment_submit(annotator=user, assignment_id=lease.pk, choices=choice)
+    side = {
+        "a": "left" if lease.a_on_left else "right",
+        "b": "right" if lease.a_on_left else "left",
+    }
+    return services.judgment_submit(
+        annotator=user, assignment_id=lease.pk, choices=side.get(choice, choice)
+    )
 
 
 def test_worker_aggregates_outside_the_web_process(worker):
