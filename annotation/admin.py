@@ -1,11 +1,68 @@
 from django import forms
 from django.contrib import admin
 
-from .models import Assignment, Campaign, Criterion, Item, Judgment, Membership, Pair, Prompt, Skip
+from . import permissions, services
+from .models import (
+    Assignment,
+    Campaign,
+    CampaignRole,
+    Criterion,
+    Item,
+    Judgment,
+    Membership,
+    Pair,
+    Prompt,
+    Skip,
+)
 from .pair_order import PAIR_ORDERS
 
 
-class FrozenWhenJudgedAdmin(admin.ModelAdmin):
+class CampaignScopedAdmin(admin.ModelAdmin):
+    """Rows of campaigns the user manages or owns (annotation/permissions.py), on top of
+    Django's model permissions: `is_staff` opens the site, a role opens a campaign."""
+
+    campaign_path = "campaign__"  # how the row reaches its campaign
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .filter(
+                permissions.campaign_filter(
+                    user=request.user, need="manage", prefix=self.campaign_path
+                )
+            )
+        )
+
+    def _campaign_of(self, obj):
+        return obj if isinstance(obj, Campaign) else obj.campaign
+
+    def _may(self, request, obj, need="manage") -> bool:
+        return obj is None or permissions.can(
+            user=request.user, campaign=self._campaign_of(obj), need=need
+        )
+
+    def has_module_permission(self, request):
+        return super().has_module_permission(request) and permissions.has_role_anywhere(
+            user=request.user
+        )
+
+    def has_view_permission(self, request, obj=None):
+        return super().has_view_permission(request, obj) and self._may(request, obj)
+
+    def has_change_permission(self, request, obj=None):
+        return super().has_change_permission(request, obj) and self._may(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return super().has_delete_permission(request, obj) and self._may(request, obj)
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.related_model is Campaign:
+            kwargs["queryset"] = permissions.campaigns_for(user=request.user, need="manage")
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+
+class FrozenWhenJudgedAdmin(CampaignScopedAdmin):
     """Judged rows open read-only: the model would refuse the edit anyway."""
 
     def has_change_permission(self, request, obj=None):
@@ -35,8 +92,29 @@ class MembershipInline(admin.TabularInline):
     raw_id_fields = ["user"]
 
 
+class CampaignRoleInline(admin.TabularInline):
+    """Roles are handed out by owners only."""
+
+    model = CampaignRole
+    extra = 0
+    raw_id_fields = ["user"]
+
+    def _owner(self, request, obj) -> bool:
+        return obj is not None and permissions.can(user=request.user, campaign=obj, need="own")
+
+    def has_add_permission(self, request, obj=None):
+        return super().has_add_permission(request, obj) and self._owner(request, obj)
+
+    def has_change_permission(self, request, obj=None):
+        return super().has_change_permission(request, obj) and self._owner(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return super().has_delete_permission(request, obj) and self._owner(request, obj)
+
+
 @admin.register(Campaign)
-class CampaignAdmin(admin.ModelAdmin):
+class CampaignAdmin(CampaignScopedAdmin):
+    campaign_path = ""
     list_display = ["name", "slug", "kind", "status", "judgments_per_pair", "created_at"]
     list_filter = ["kind", "status"]
     prepopulated_fields = {"slug": ["name"]}
@@ -50,7 +128,21 @@ class CampaignAdmin(admin.ModelAdmin):
             )
         return super().formfield_for_dbfield(db_field, request, **kwargs)
 
-    inlines = [CriterionInline, MembershipInline]
+    inlines = [CriterionInline, MembershipInline, CampaignRoleInline]
+
+    def has_module_permission(self, request):
+        # Creating a campaign needs no role yet, only the global permission.
+        return admin.ModelAdmin.has_module_permission(self, request)
+
+    def has_delete_permission(self, request, obj=None):
+        return super().has_delete_permission(request, obj) and self._may(request, obj, "own")
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if not change:  # the creator owns what they create
+            services.campaign_role_set(
+                campaign=obj, user=request.user, role=CampaignRole.Role.OWNER
+            )
 
 
 @admin.register(Prompt)
@@ -75,14 +167,14 @@ class PairAdmin(FrozenWhenJudgedAdmin):
 
 
 @admin.register(Assignment)
-class AssignmentAdmin(admin.ModelAdmin):
+class AssignmentAdmin(CampaignScopedAdmin):
     list_display = ["id", "pair", "annotator", "status", "leased_at", "expires_at"]
     list_filter = ["status", "campaign"]
     raw_id_fields = ["pair", "annotator"]
 
 
 @admin.register(Judgment)
-class JudgmentAdmin(admin.ModelAdmin):
+class JudgmentAdmin(CampaignScopedAdmin):
     """Judgments are evidence: read-only here, never deleted."""
 
     list_display = ["id", "campaign", "pair", "annotator", "choices", "status", "created_at"]
@@ -99,6 +191,6 @@ class JudgmentAdmin(admin.ModelAdmin):
 
 
 @admin.register(Skip)
-class SkipAdmin(admin.ModelAdmin):
+class SkipAdmin(CampaignScopedAdmin):
     list_display = ["id", "campaign", "pair", "annotator", "reason", "created_at"]
     list_filter = ["campaign"]

@@ -33,6 +33,14 @@ from .api_errors import too_large
 from .errors import NotFound, ServiceError, shown
 from .models import Campaign
 from .parsers import chunked_body_buffer
+from .permissions import (
+    CampaignPermission,
+    CanCreateCampaign,
+    Need,
+    campaign_checked,
+)
+from .permissions import campaign_for as campaign_checked_for
+from .permissions import can as campaign_can
 from .serializers import (
     AssignmentOutputSerializer,
     BulkCreatedOutputSerializer,
@@ -103,16 +111,24 @@ def _responses(ok: dict[Any, Any], errors: tuple[int, ...] = WRITE_ERRORS) -> di
 
 
 def _campaign(request: Request, slug: str) -> Campaign:
-    campaign = selectors.campaign_for(user=request.user, slug=slug)
-    if campaign is None:
-        raise NotFound(f"No campaign '{slug}' that you can see.", field="slug")
-    return campaign
+    """The campaign for an annotator's action: 404 unless the caller is in it."""
+    return campaign_checked_for(user=request.user, slug=slug, need=Need.VIEW)
+
+
+class ManagerView(APIView):
+    """A view for a campaign's managers and owners (annotation/permissions.py): the
+    campaign its URL names is checked before the request body is read, and left in
+    `self.campaign`. Every staff endpoint derives from it."""
+
+    permission_classes = [CampaignPermission]
+    need = Need.MANAGE
+    campaign: Campaign
 
 
 class CampaignListView(APIView):
     def get_permissions(self):
         if self.request.method == "POST":
-            return [permissions.IsAdminUser()]
+            return [permissions.IsAuthenticated(), CanCreateCampaign()]
         return [permissions.IsAuthenticated()]
 
     @extend_schema(responses=_responses({200: CampaignSerializer(many=True)}, (401, 429)))
@@ -125,16 +141,16 @@ class CampaignListView(APIView):
         serializer = CampaignSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = dict(serializer.validated_data)
-        campaign = services.campaign_create(criteria=data.pop("criteria", None), **data)
+        campaign = services.campaign_create(
+            criteria=data.pop("criteria", None), owner=request.user, **data
+        )
         return Response(CampaignSerializer(campaign).data, status=status.HTTP_201_CREATED)
 
 
-class CampaignMembersView(APIView):
-    permission_classes = [permissions.IsAdminUser]
-
+class CampaignMembersView(ManagerView):
     @extend_schema(responses=_responses({200: MembersOutputSerializer}, READ_ERRORS))
     def get(self, request: Request, slug: str) -> Response:
-        campaign = _campaign(request, slug)
+        campaign = self.campaign
         members = campaign.members.order_by("username").values("id", "username")
         return Response({"members": list(members)})
 
@@ -142,7 +158,7 @@ class CampaignMembersView(APIView):
         request=MembersInSerializer, responses=_responses({200: MembersOutputSerializer})
     )
     def post(self, request: Request, slug: str) -> Response:
-        campaign = _campaign(request, slug)
+        campaign = self.campaign
         serializer = MembersInSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         for user in serializer.validated_data["usernames"]:
@@ -217,10 +233,9 @@ class RenewView(APIView):
         return Response({"assignment": assignment.pk, "expires_at": assignment.expires_at})
 
 
-class BulkCreateView(APIView):
+class BulkCreateView(ManagerView):
     """POST a JSON list of rows (or {"rows": [...]}) to create them all or none."""
 
-    permission_classes = [permissions.IsAdminUser]
     service: Any = None
     kind = ""
     row: Any = None
@@ -232,7 +247,7 @@ class BulkCreateView(APIView):
                 f"The body is more than {settings.IMPORT_MAX_BYTES} bytes, the limit per "
                 "request. Split it into batches."
             )
-        campaign = _campaign(request, slug)
+        campaign = self.campaign  # checked before the body is read
         rows = request.data.get("rows") if isinstance(request.data, dict) else request.data
         created = type(self).service(campaign=campaign, rows=rows)
         ids = [obj.pk for obj in created]
@@ -279,12 +294,10 @@ class PairBulkView(BulkCreateView):
     row = PairRowSerializer
 
 
-class ScoresView(APIView):
-    permission_classes = [permissions.IsAdminUser]
-
+class ScoresView(ManagerView):
     @extend_schema(responses=_responses({200: ScoresOutputSerializer}, READ_ERRORS))
     def get(self, request: Request, slug: str) -> Response:
-        campaign = _campaign(request, slug)
+        campaign = self.campaign
         state = labeling_selectors.aggregation_state(campaign=campaign)
         return Response(
             {
@@ -308,12 +321,10 @@ class ScoresView(APIView):
         )
 
 
-class LabelsView(APIView):
-    permission_classes = [permissions.IsAdminUser]
-
+class LabelsView(ManagerView):
     @extend_schema(responses=_responses({200: LabelsOutputSerializer}, READ_ERRORS))
     def get(self, request: Request, slug: str) -> Response:
-        campaign = _campaign(request, slug)
+        campaign = self.campaign
         return Response(
             {
                 "labels": [
@@ -359,7 +370,11 @@ class JudgmentListView(APIView):
         after = _int_param(request, "after", 0, low=0, high=2**63 - 1)
         limit = _int_param(request, "limit", 100, low=1, high=1000)
         rows = selectors.judgments_page(
-            campaign=campaign, viewer=request.user, after=after, limit=limit
+            campaign=campaign,
+            viewer=request.user,
+            after=after,
+            limit=limit,
+            every=campaign_can(user=request.user, campaign=campaign, need=Need.MANAGE),
         )
         return Response({"results": rows, "next_after": rows[-1]["id"] if rows else after})
 
@@ -385,14 +400,13 @@ def _blocks(lines: Iterator[str], size: int = 64 * 1024) -> Iterator[bytes]:
             close()
 
 
-class ExportView(APIView):
+class ExportView(ManagerView):
     """Streams JSON Lines. `X-Row-Count` gives the number of lines the body will hold: the
     count and the rows are read in one snapshot, so it is exact while annotators submit. The
     body goes out with chunked transfer encoding and no Content-Length, from the first page
     on, so a stream cut by a failure ends without the final chunk and the client's HTTP
     library raises; a body with fewer lines than X-Row-Count was cut too."""
 
-    permission_classes = [permissions.IsAdminUser]
     what = "judgments"
     export = staticmethod(selectors.judgment_export)
 
@@ -401,7 +415,7 @@ class ExportView(APIView):
         description="JSON Lines, one row per line; `X-Row-Count` gives the number of lines.",
     )
     def get(self, request: Request, slug: str) -> StreamingHttpResponse:
-        campaign = _campaign(request, slug)
+        campaign = self.campaign
         export = self.export(campaign=campaign)
         # The response closes the blocks when the body is sent or the client goes away,
         # which ends the export's read transaction either way.
@@ -436,36 +450,39 @@ def _snapshot_payload(snapshot: Any) -> dict[str, Any]:
     }
 
 
-class ExportSnapshotCreateView(APIView):
+class ExportSnapshotCreateView(ManagerView):
     """Ask for a file snapshot of the judgments; poll it, then download it with Range."""
-
-    permission_classes = [permissions.IsAdminUser]
 
     @extend_schema(request=None, responses=_responses({202: ExportSnapshotOutputSerializer}))
     def post(self, request: Request, slug: str) -> Response:
-        campaign = _campaign(request, slug)
+        campaign = self.campaign
         snapshot = labeling_services.export_snapshot_request(campaign=campaign, user=request.user)
         return Response(_snapshot_payload(snapshot), status=status.HTTP_202_ACCEPTED)
 
 
-def _snapshot(snapshot_id: int) -> Any:
+def _snapshot(request: Request, snapshot_id: int) -> Any:
+    """The snapshot, if the caller manages its campaign: 404 as for an unknown id if they
+    cannot see the campaign, 403 if they only annotate in it."""
     snapshot = labeling_selectors.export_snapshot_for(snapshot_id=snapshot_id)
-    if snapshot is None:
-        raise NotFound(f"No export {snapshot_id}.", field="id")
+    try:
+        campaign_checked(
+            user=request.user,
+            campaign=snapshot.campaign if snapshot else None,
+            need=Need.MANAGE,
+            name="",
+        )
+    except NotFound:
+        raise NotFound(f"No export {snapshot_id}.", field="id") from None
     return snapshot
 
 
-class ExportSnapshotView(APIView):
-    permission_classes = [permissions.IsAdminUser]
-
+class ExportSnapshotView(ManagerView):
     @extend_schema(responses=_responses({200: ExportSnapshotOutputSerializer}, READ_ERRORS))
     def get(self, request: Request, snapshot_id: int) -> Response:
-        return Response(_snapshot_payload(_snapshot(snapshot_id)))
+        return Response(_snapshot_payload(_snapshot(request, snapshot_id)))
 
 
-class ExportSnapshotDownloadView(APIView):
-    permission_classes = [permissions.IsAdminUser]
-
+class ExportSnapshotDownloadView(ManagerView):
     @extend_schema(
         responses=_responses(
             {
@@ -479,7 +496,7 @@ class ExportSnapshotDownloadView(APIView):
         "while the snapshot is not done.",
     )
     def get(self, request: Request, snapshot_id: int) -> Any:
-        snapshot = _snapshot(snapshot_id)
+        snapshot = _snapshot(request, snapshot_id)
         if snapshot.status != snapshot.Status.DONE:
             raise ServiceError(f"Export {snapshot_id} is {snapshot.status}, not done.", field="id")
         response = ranged_file_response(

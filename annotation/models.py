@@ -190,6 +190,33 @@ class Membership(models.Model):
         return f"user {self.user_id} in campaign {self.campaign_id}"
 
 
+class CampaignRole(models.Model):
+    """Who runs a campaign: managers edit it, import into it, see its results and export
+    them, and manage its annotators; owners also hand out roles and may delete it. Apart
+    from Membership (who annotates), so a role neither puts its holder in the lease pool
+    nor makes an annotator a manager. Superusers act as owners everywhere, without a row.
+    See annotation/permissions.py."""
+
+    class Role(models.TextChoices):
+        MANAGER = "manager"
+        OWNER = "owner"
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="roles")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="campaign_roles"
+    )
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.MANAGER)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "user"], name="campaign_role_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role} {self.user_id} of campaign {self.campaign_id}"
+
+
 class Prompt(FrozenWhenJudged):
     """A conversation to respond to: a list of {"role", "content"} messages."""
 

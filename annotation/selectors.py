@@ -16,6 +16,7 @@ from django.db import connections, transaction
 from django.db.models import Count, Max, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce, Now
 
+from . import permissions
 from .models import Assignment, Campaign, Item, Judgment, Pair, Skip
 
 # Rows per keyset page of an export: one ordinary query each, a few MB at most in memory.
@@ -60,28 +61,25 @@ def campaign_list_for(*, user: AbstractBaseUser) -> QuerySet[Campaign]:
 
 
 def campaigns_visible_to(*, user: AbstractBaseUser) -> QuerySet[Campaign]:
-    """All campaigns for staff, the ones they are a member of for others."""
-    qs = (
-        Campaign.objects.all()
-        if getattr(user, "is_staff", False)
-        else Campaign.objects.filter(membership__user_id=user.pk)
+    """The campaigns the user annotates in or has a role in (all, for superusers)."""
+    return permissions.campaigns_for(user=user, need=permissions.Need.VIEW).order_by("name")
+
+
+def campaign_for(
+    *, user: AbstractBaseUser, slug: str, need: permissions.Need | str = "view"
+) -> Campaign | None:
+    """The campaign, if the user may act on it at level `need` (annotation/permissions.py)."""
+    return (
+        permissions.campaigns_for(user=user, need=need).filter(slug=slug).first() if slug else None
     )
-    return qs.order_by("name")
-
-
-def campaign_for(*, user: AbstractBaseUser, slug: str) -> Campaign | None:
-    qs = Campaign.objects.filter(slug=slug)
-    if not getattr(user, "is_staff", False):
-        qs = qs.filter(membership__user_id=user.pk)
-    return qs.first()
 
 
 def clip_item_for(*, user: AbstractBaseUser, name: str) -> Item | None:
-    """The item whose clip is stored under `name`, if `user` may see it: staff, or a member
-    of the item's campaign."""
-    qs = Item.objects.filter(clip=name)
-    if not getattr(user, "is_staff", False):
-        qs = qs.filter(campaign__membership__user_id=user.pk)
+    """The item whose clip is stored under `name`, if `user` may see it: a member of the
+    item's campaign or one with a role in it."""
+    qs = Item.objects.filter(clip=name).filter(
+        permissions.campaign_filter(user=user, need="view", prefix="campaign__")
+    )
     return qs.only("id", "clip").first()
 
 
@@ -93,20 +91,26 @@ def assignment_detail(*, assignment_id: int) -> Assignment:
 
 
 def judgments_page(
-    *, campaign: Campaign, viewer: AbstractBaseUser, after: int = 0, limit: int = 100
+    *,
+    campaign: Campaign,
+    viewer: AbstractBaseUser,
+    after: int = 0,
+    limit: int = 100,
+    every: bool = False,
 ) -> list[dict[str, Any]]:
     """Judgments with id > after, oldest first, for incremental pulls.
 
     Only rows whose transaction began at least JUDGMENT_SETTLE_SECONDS ago are returned, so
     a row with a lower id that is still committing is never jumped over by the cursor.
-    Annotators see only their own judgments.
+    With `every` (a manager's view) all rows with every field; otherwise only the viewer's
+    own, without ids.
     """
     qs = Judgment.objects.filter(
         campaign=campaign,
         id__gt=after,
         created_at__lte=Now() - timedelta(seconds=settings.JUDGMENT_SETTLE_SECONDS),
     )
-    if not getattr(viewer, "is_staff", False):
+    if not every:
         qs = qs.filter(annotator_id=viewer.pk)
     rows = list(
         qs.order_by("id").values(
@@ -122,7 +126,7 @@ def judgments_page(
             "created_at",
         )[:limit]
     )
-    if not getattr(viewer, "is_staff", False):
+    if not every:
         # An annotator's own work, without the ids and canonical orientation that would
         # reveal import order: choices as they saw the sides.
         from .serializers import choices_as_shown

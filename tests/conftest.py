@@ -21,7 +21,9 @@ def api():
 def staff(db):
     from tests.factories import UserFactory
 
-    return UserFactory(is_staff=True, username="staff")
+    # A superuser: owner of every campaign (annotation/permissions.py). The role checks
+    # themselves are tested in tests/annotation/test_roles.py.
+    return UserFactory(is_staff=True, is_superuser=True, username="staff")
 
 
 @pytest.fixture

@@ -65,7 +65,7 @@ def test_json_log_lines_carry_the_request_id():
 
 
 def test_a_cut_export_stream_is_detected_by_the_client(gunicorn_server, client):
-    staff = UserFactory(is_staff=True)
+    staff = UserFactory(is_staff=True, is_superuser=True)
     users = UserFactory.create_batch(4)
     campaign = text_campaign(n_prompts=250, responses=4, members=users)
     total = bulk_judgments(campaign, users)

@@ -5,7 +5,7 @@
 - `imports`: bulk imports of prompts, items and pairs.
 """
 
-from .campaigns import campaign_create, membership_add
+from .campaigns import campaign_create, campaign_role_set, membership_add
 from .imports import items_bulk_create, messages_normalise, pairs_bulk_create, prompts_bulk_create
 from .leases import (
     assignment_lease_next,
@@ -21,6 +21,7 @@ __all__ = [
     "assignment_renew",
     "assignments_release",
     "campaign_create",
+    "campaign_role_set",
     "choices_canonical",
     "items_bulk_create",
     "judgment_submit",

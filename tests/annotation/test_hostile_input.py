@@ -218,7 +218,7 @@ def _chunks(data: bytes, size: int = 100):
 def test_chunked_bodies_are_read_and_limited(gunicorn_factory, monkeypatch):
     monkeypatch.setenv("IMPORT_MAX_BYTES", "2000")  # DATA_UPLOAD_MAX_MEMORY_SIZE is 1 MiB more
     base = gunicorn_factory()
-    staff = UserFactory(is_staff=True)
+    staff = UserFactory(is_staff=True, is_superuser=True)
     headers = {
         "Authorization": f"Token {Token.objects.create(user=staff).key}",
         "Content-Type": "application/json",
@@ -295,7 +295,7 @@ def _ten_at_once(user, url: str, body, hold) -> Counter:
 
 @pytest.mark.django_db(transaction=True)
 def test_ten_identical_campaign_creates_give_one_201_and_nine_409():
-    staff = UserFactory(is_staff=True)
+    staff = UserFactory(is_staff=True, is_superuser=True)
     body = {"name": "Race", "slug": "race", "status": "active"}
     results = _ten_at_once(
         staff,
@@ -313,7 +313,7 @@ def test_ten_identical_campaign_creates_give_one_201_and_nine_409():
 
 @pytest.mark.django_db(transaction=True)
 def test_ten_identical_prompt_imports_give_one_201_and_nine_409():
-    staff = UserFactory(is_staff=True)
+    staff = UserFactory(is_staff=True, is_superuser=True)
     campaign = text_campaign(n_prompts=0)
     results = _ten_at_once(
         staff,
@@ -328,7 +328,7 @@ def test_ten_identical_prompt_imports_give_one_201_and_nine_409():
 
 @pytest.mark.django_db(transaction=True)
 def test_ten_identical_pair_imports_give_one_201_and_nine_409():
-    staff = UserFactory(is_staff=True)
+    staff = UserFactory(is_staff=True, is_superuser=True)
     campaign = text_campaign(n_prompts=1, responses=2)
     pair = Pair.objects.get()
     a, b = pair.item_a_id, pair.item_b_id

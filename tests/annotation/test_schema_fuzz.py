@@ -103,7 +103,7 @@ def _fuzz(base: str, token: str, path_parameters: dict) -> tuple[list[str], Coun
 @pytest.mark.parametrize("role", ["annotator", "staff"])
 def test_every_operation_answers_per_its_schema(role, gunicorn_server, tmp_path):
     annotator = UserFactory(username="fuzz-annotator")
-    staff = UserFactory(username="fuzz-staff", is_staff=True)
+    staff = UserFactory(username="fuzz-staff", is_staff=True, is_superuser=True)
     campaign = text_campaign(n_prompts=3, responses=3, k=2, members=[annotator], slug="fuzz")
     user = staff if role == "staff" else annotator
     token = Token.objects.create(user=user).key

@@ -340,7 +340,7 @@ def test_an_unconverged_fit_is_applied_and_recorded_as_such(monkeypatch, caplog)
     from tests.factories import UserFactory
 
     api = APIClient()
-    api.force_authenticate(UserFactory(is_staff=True))
+    api.force_authenticate(UserFactory(is_staff=True, is_superuser=True))
     body = api.get(f"/api/v1/campaigns/{campaign.slug}/scores/").json()
     assert (body["fit_converged"], body["fit_iterations"]) == (False, 1)  # said, not hidden
 
