@@ -242,7 +242,7 @@ def seed(spec: dict) -> dict:
         staff_token = None
         if spec.get("staff"):
             staff = User.objects.create(
-                username=f"{prefix}-staff", password=password, is_staff=True
+                username=f"{prefix}-staff", password=password, is_staff=True, is_superuser=True
             )
             staff_token = Token.objects.create(user=staff, key=Token.generate_key()).key
     return {
