@@ -50,7 +50,7 @@ def violations(page, messages):
 @pytest.mark.parametrize("username", ["member", "staff"])
 def test_a_hostile_clip_runs_no_script(browser, gunicorn_server, username):
     member = UserFactory(username="member")
-    UserFactory(username="staff", is_staff=True)
+    UserFactory(username="staff", is_staff=True, is_superuser=True)  # owner of every campaign
     page, messages = watched_page(browser, gunicorn_server, username)
     downloads = []
     page.on("download", lambda d: downloads.append(d.url))
