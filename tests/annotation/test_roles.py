@@ -286,3 +286,23 @@ def test_the_creator_owns_the_campaign_and_managers_see_every_judgment(world):
     manager.force_authenticate(world.users["manager"])
     rows = manager.get(url).data["results"]
     assert len(rows) == 1 and rows[0]["annotator"].startswith("ann_")
+
+
+def test_the_labeling_admin_shows_only_managed_campaigns(world, client):
+    from django.contrib.auth.models import Permission
+
+    from labeling.models import AggregationState
+
+    AggregationState.objects.create(campaign=world.campaign)
+    AggregationState.objects.create(campaign=world.other)
+    world.users["manager"].user_permissions.add(
+        Permission.objects.get(codename="view_aggregationstate")
+    )
+    for role, expected in (
+        ("manager", {world.campaign.pk}),
+        ("super", {world.campaign.pk, world.other.pk}),
+    ):
+        client.force_login(world.users[role])
+        r = client.get("/admin/labeling/aggregationstate/")
+        assert r.status_code == 200
+        assert {s.campaign_id for s in r.context["cl"].result_list} == expected
