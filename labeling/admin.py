@@ -1,10 +1,14 @@
 from django.contrib import admin
 
+from annotation.admin import CampaignScopedAdmin
+
 from .models import AggregationState
 
 
 @admin.register(AggregationState)
-class AggregationStateAdmin(admin.ModelAdmin):
+class AggregationStateAdmin(CampaignScopedAdmin):
+    """Only the campaigns the user manages or owns, like every campaign's rows in the admin."""
+
     list_display = [
         "campaign",
         "pending",
