@@ -13,7 +13,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from feedback_app.ranged import ranged_file_response
-from feedback_app.throttling import exempt, throttle_hit
+from feedback_app.throttling import throttle_user
 
 from . import selectors, services
 from .errors import CampaignNotActive, Forbidden, ServiceError, TooManyRequests
@@ -102,13 +102,12 @@ def judge(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
     def submit(campaign: Campaign) -> None:
         # The same per-annotator limit as the API's (scope "judgments"): no vote stuffing
         # through the page either.
-        if not exempt(request.user):
-            wait = throttle_hit(scope="judgments", who=f"user:{request.user.pk}")
-            if wait is not None:
-                raise TooManyRequests(
-                    f"Too many judgments in a short time; please take a break and try again "
-                    f"in {wait} seconds. Your answer was not recorded."
-                )
+        wait = throttle_user(scope="judgments", user=request.user, who=f"user:{request.user.pk}")
+        if wait is not None:
+            raise TooManyRequests(
+                f"Too many judgments in a short time; please take a break and try again "
+                f"in {wait} seconds. Your answer was not recorded."
+            )
         services.judgment_submit(
             annotator=request.user,
             assignment_id=assignment_id,
