@@ -5,7 +5,6 @@ scores still catch up. Runs a throwaway redis-server on a spare port, never the 
 import contextlib
 import os
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -13,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import redis
 from django.db import connection
 from django.db.models.functions import Now
@@ -25,8 +23,6 @@ from tests.factories import judged_campaign
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-pytestmark = pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
 
 
 def free_port() -> int:
