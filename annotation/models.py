@@ -81,11 +81,17 @@ class Campaign(models.Model):
         max_length=10, choices=BothBad.choices, default=BothBad.TIE
     )
     l2_prior = models.FloatField(
-        default=0.1,
-        # Positive: without a prior, items never compared (or compared in a separate
-        # component) have no maximum-likelihood score and the fit is refused.
+        null=True,
+        blank=True,
+        default=None,
+        # Empty: the aggregation chooses the prior's strength from the data (see
+        # labeling/bradley_terry.py). Positive when set: without a prior, items never compared
+        # (or compared in a separate component) have no maximum-likelihood score.
         validators=[MinValueValidator(1e-6)],
-        help_text="Strength of the Gaussian prior on Bradley-Terry scores (> 0).",
+        help_text=(
+            "Strength of the Gaussian prior on Bradley-Terry scores (> 0); "
+            "leave empty to choose it from the judgments."
+        ),
     )
     members = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="campaigns", blank=True

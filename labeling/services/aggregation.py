@@ -477,7 +477,9 @@ def _compute(
         comparisons = bradley_terry.comparisons_from_outcomes(
             n_items=len(item_ids), first=first, second=second, outcome=outcome
         )
-        fit = bradley_terry.fit(comparisons=comparisons, l2=campaign.l2_prior)
+        fit = bradley_terry.fit(
+            comparisons=comparisons, l2=campaign.l2_prior if campaign.l2_prior is not None else 0.1
+        )
         fits.append((slug, fit))
         per_item = np.bincount(first, minlength=len(item_ids)) + np.bincount(
             second, minlength=len(item_ids)
