@@ -178,7 +178,6 @@ class NextPairView(APIView):
         assignment = services.assignment_lease_next(annotator=request.user, campaign=campaign)
         if assignment is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
-        assignment = selectors.assignment_detail(assignment_id=assignment.pk)
         return Response(assignment_payload(assignment))
 
 
@@ -194,23 +193,33 @@ class JudgmentSubmitView(APIView):
     def post(self, request: Request, assignment_id: int) -> Response:
         serializer = JudgmentInSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        judgment = services.judgment_submit(
+        data = serializer.validated_data
+        submit = dict(
             annotator=request.user,
             assignment_id=assignment_id,
-            choices=serializer.validated_data["choices"],
-            duration_ms=serializer.validated_data.get("duration_ms"),
+            choices=data["choices"],
+            duration_ms=data.get("duration_ms"),
         )
-        return Response(
-            {
-                "judgment": judgment.pk,
-                # As the annotator saw the sides: "a"/"b" would tell which response the
-                # pair stores first, i.e. the import order.
-                "choices": choices_as_shown(
-                    judgment.choices, a_on_left=judgment.assignment.a_on_left
-                ),
-            },
-            status=status.HTTP_201_CREATED,
-        )
+        if not data["next"]:
+            judgment = services.judgment_submit(**submit)
+            return Response(_judgment_body(judgment), status=status.HTTP_201_CREATED)
+        submitted = services.judgment_submit_and_lease_next(**submit)
+        body = _judgment_body(submitted.judgment)
+        body["next"] = assignment_payload(submitted.next) if submitted.next else None
+        if submitted.next_refused is not None:
+            body["next_detail"] = submitted.next_refused.message
+        elif submitted.next is None:
+            body["next_detail"] = "Nothing is left for you in this campaign."
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+def _judgment_body(judgment: Any) -> dict[str, Any]:
+    return {
+        "judgment": judgment.pk,
+        # As the annotator saw the sides: "a"/"b" would tell which response the pair stores
+        # first, i.e. the import order.
+        "choices": choices_as_shown(judgment.choices, a_on_left=judgment.assignment.a_on_left),
+    }
 
 
 class SkipView(APIView):

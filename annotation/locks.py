@@ -5,10 +5,11 @@ Lock order, for every transaction that takes more than one:
     membership (campaign, annotator)  ->  pair
 
 A lease request holds its membership row (serialising one annotator's tabs and double
-clicks) and then at most one pair lock at a time: a candidate pair that turns out full is
-locked inside a savepoint that is rolled back, which releases it before the next candidate.
-A submit, skip or renewal takes only the pair lock. So no transaction ever waits for a pair
-lock while holding another pair lock, and waits cannot form a cycle.
+clicks) and then pair locks: candidates that turned out full stay locked while it scans on
+with SKIP LOCKED (which never waits), and before it would wait for a pair it ends its
+transaction, releasing them (annotation/services/leases.py, `_lease_scan`). A submit, skip
+or renewal takes only one pair lock. So no transaction ever waits for a pair lock while
+holding another pair lock, and waits cannot form a cycle.
 
 Every helper locks FOR NO KEY UPDATE (`no_key=True`): no key of these rows changes under
 them, and inserts elsewhere that reference the row (a judgment, a lease) then need not wait.

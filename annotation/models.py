@@ -132,8 +132,10 @@ class Campaign(models.Model):
 
 class FrozenWhenJudged(models.Model):
     """Refuses save() of an existing row and delete() once a judgment rests on it. Queryset
-    update() and delete() bypass model methods; services never use them on these models,
-    and PROTECT foreign keys stop a bulk delete of anything judged."""
+    update() and delete() bypass model methods: services use update() on these models only
+    for bookkeeping columns that are not what annotators judged (`Pair.judgment_count`, kept
+    by the lease engine), never on content, and PROTECT foreign keys stop a bulk delete of
+    anything judged."""
 
     class Meta:
         abstract = True

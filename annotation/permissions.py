@@ -17,12 +17,16 @@ but not act on at the level asked answers 403.
 
 from __future__ import annotations
 
+import copy
 from enum import IntEnum
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db import connection
 from django.db.models import Q, QuerySet
 from rest_framework import permissions
+
+from feedback_app.process_cache import ProcessCache
 
 from .errors import Forbidden, NotFound, shown
 from .models import Campaign, CampaignRole, Membership
@@ -73,24 +77,30 @@ def campaigns_for(*, user: Any, need: Need | str = Need.VIEW) -> QuerySet[Campai
     return Campaign.objects.filter(campaign_filter(user=user, need=need))
 
 
+_LEVEL_SQL = f"""
+SELECT
+  (SELECT r.role FROM {CampaignRole._meta.db_table} r WHERE r.campaign_id = %(campaign)s AND r.user_id = %(user)s
+   ORDER BY r.id LIMIT 1),
+  EXISTS (SELECT 1 FROM {Membership._meta.db_table} m
+          WHERE m.campaign_id = %(campaign)s AND m.user_id = %(user)s)
+"""
+
+
 def campaign_level(*, user: Any, campaign: Campaign) -> Need | None:
-    """The highest level `user` holds in `campaign`, or None."""
+    """The highest level `user` holds in `campaign`, or None. One statement: it runs on
+    every annotator request."""
     if is_superuser(user):
         return Need.OWN
     if not getattr(user, "is_authenticated", False) or not getattr(user, "is_active", False):
         return None
-    role = (
-        CampaignRole.objects.filter(campaign=campaign, user_id=user.pk)
-        .values_list("role", flat=True)
-        .first()
-    )
+    with connection.cursor() as cursor:
+        cursor.execute(_LEVEL_SQL, {"campaign": campaign.pk, "user": user.pk})
+        role, member = cursor.fetchone()
     if role == CampaignRole.Role.OWNER:
         return Need.OWN
     if role == CampaignRole.Role.MANAGER:
         return Need.MANAGE
-    if Membership.objects.filter(campaign=campaign, user_id=user.pk).exists():
-        return Need.VIEW
-    return None
+    return Need.VIEW if member else None
 
 
 def can(*, user: Any, campaign: Campaign, need: Need | str) -> bool:
@@ -113,10 +123,20 @@ def campaign_checked(*, user: Any, campaign: Campaign | None, need: Need | str, 
     return campaign
 
 
+_campaigns: ProcessCache[Campaign | None] = ProcessCache("campaigns", max_age=300.0)
+
+
+def campaign_by_slug(*, slug: str) -> Campaign | None:
+    """The campaign named `slug`, from the process cache (feedback_app/process_cache.py):
+    a campaign's row changes rarely and every write to it invalidates the cache. Each caller
+    gets its own copy."""
+    campaign = _campaigns.get_or_load(slug, lambda: Campaign.objects.filter(slug=slug).first())
+    return copy.copy(campaign)
+
+
 def campaign_for(*, user: Any, slug: str, need: Need | str = Need.VIEW) -> Campaign:
     """The campaign `slug` for an action at level `need`, or NotFound / Forbidden."""
-    campaign = Campaign.objects.filter(slug=slug).first()
-    return campaign_checked(user=user, campaign=campaign, need=need, name=slug)
+    return campaign_checked(user=user, campaign=campaign_by_slug(slug=slug), need=need, name=slug)
 
 
 def has_role_anywhere(*, user: Any) -> bool:

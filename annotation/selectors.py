@@ -16,8 +16,10 @@ from django.db import connections, transaction
 from django.db.models import Count, Max, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce, Now
 
+from feedback_app.process_cache import ProcessCache
+
 from . import permissions
-from .models import Assignment, Campaign, Item, Judgment, Pair, Skip
+from .models import Assignment, Campaign, Criterion, Item, Judgment, Pair, Skip
 
 # Rows per keyset page of an export: one ordinary query each, a few MB at most in memory.
 EXPORT_PAGE = 2000
@@ -88,6 +90,31 @@ def assignment_detail(*, assignment_id: int) -> Assignment:
     return Assignment.objects.select_related(
         "campaign", "pair__item_a__prompt", "pair__item_b"
     ).get(pk=assignment_id)
+
+
+def assignment_with_items(assignment: Assignment) -> Assignment:
+    """`assignment` (a lease just taken, with its campaign) given its pair, both items and
+    the prompt, in one query."""
+    assignment.pair = Pair.objects.select_related("item_a__prompt", "item_b").get(
+        pk=assignment.pair_id
+    )
+    return assignment
+
+
+_criteria: ProcessCache[list[str]] = ProcessCache("criteria", max_age=300.0)
+
+
+def criteria_slugs(*, campaign_id: int) -> list[str]:
+    """The campaign's criteria in order, from the process cache (every write to a criterion
+    invalidates it; feedback_app/process_cache.py). A copy: callers may change it."""
+    return list(
+        _criteria.get_or_load(
+            campaign_id,
+            lambda: list(
+                Criterion.objects.filter(campaign_id=campaign_id).values_list("slug", flat=True)
+            ),
+        )
+    )
 
 
 def judgments_page(

@@ -4,6 +4,7 @@ from rest_framework import serializers
 
 from .models import Assignment, Campaign, Item
 from .pair_order import PAIR_ORDERS
+from .selectors import criteria_slugs
 
 
 class CriterionInSerializer(serializers.Serializer):
@@ -89,6 +90,11 @@ class JudgmentInSerializer(serializers.Serializer):
     duration_ms = serializers.IntegerField(
         required=False, allow_null=True, min_value=0, max_value=2**31 - 1
     )
+    next = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Also lease the next pair and return it as `next`: one request per judgment.",
+    )
 
 
 class SkipInSerializer(serializers.Serializer):
@@ -115,7 +121,7 @@ def assignment_payload(assignment: Assignment) -> dict:
         "prompt": pair.item_a.prompt.messages if pair.item_a.prompt_id else None,
         "left": item_payload(left),
         "right": item_payload(right),
-        "criteria": [c.slug for c in assignment.campaign.criteria.all()],
+        "criteria": criteria_slugs(campaign_id=assignment.campaign_id),
     }
 
 
@@ -217,6 +223,16 @@ class JudgmentOutputSerializer(serializers.Serializer):
     judgment = serializers.IntegerField()
     choices = serializers.DictField(
         child=serializers.CharField(), help_text="Per criterion, as shown: left, right, tie…"
+    )
+    next = AssignmentOutputSerializer(
+        required=False,
+        allow_null=True,
+        help_text='Only with "next": true: the next lease, as POST next/ answers it; null '
+        "when nothing is left for you or `next_detail` says why none was taken.",
+    )
+    next_detail = serializers.CharField(
+        required=False,
+        help_text="With a null `next`: why (nothing left, the campaign paused, no longer a member).",
     )
 
 

@@ -7,7 +7,7 @@ request, and with --profile the functions that take the time (cProfile, sorted b
     .venv/bin/python bench/hot_path.py --judgments 2000 --profile 25    # plus a profile
 
 Two loop styles are measured in the same run: `two calls` (POST next/, then POST judgment/)
-and `one call` (POST judgment/?next=1, whose answer carries the next lease). Its own database
+and `one call` (POST judgment/ with "next": true, whose answer carries the next lease). Its own database
 (feedback_bench_hot) is dropped and recreated; the Celery broker is Redis db 14, flushed.
 """
 
@@ -132,15 +132,20 @@ def main(argv: list[str]) -> int:
                 choice = rng.choice(["left", "right", "tie"])
                 if style == "one call":
                     out = call(
-                        f"/api/v1/assignments/{lease}/judgment/?next=1",
+                        f"/api/v1/assignments/{lease}/judgment/",
                         token,
-                        {"choices": choice},
+                        {"choices": choice, "next": True},
                         "judgment",
                     )
                     nxt = out.get("next")
                     leases[token] = nxt["assignment"] if nxt else None
                 else:
-                    call(f"/api/v1/assignments/{lease}/judgment/", token, {"choices": choice}, "judgment")
+                    call(
+                        f"/api/v1/assignments/{lease}/judgment/",
+                        token,
+                        {"choices": choice},
+                        "judgment",
+                    )
                     leases[token] = None
                 done += 1
         connection.force_debug_cursor = False

@@ -199,9 +199,14 @@ MEDIA_ROOT = Path(env("MEDIA_ROOT", default=str(VAR_DIR / "media")))
 # this to an internal location and nginx sends the bytes (X-Accel-Redirect); see docs/deploy.md.
 MEDIA_ACCEL_REDIRECT_PREFIX = env("MEDIA_ACCEL_REDIRECT_PREFIX", default="")
 
+# Per-process caches of tokens, campaigns and criteria, invalidated by PostgreSQL
+# notifications (feedback_app/process_cache.py). Off: every request reads the database.
+PROCESS_CACHES = env.bool("PROCESS_CACHES", default=True)
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        # Token -> user served from a per-process cache (feedback_app/process_cache.py).
+        "feedback_app.authentication.CachedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 from rest_framework.test import APIClient
 
+from feedback_app import process_cache
 from feedback_app.preflight import check
 
 
@@ -188,3 +189,12 @@ def gunicorn_factory(transactional_db, tmp_path, settings, media_root, collected
 def gunicorn_server(gunicorn_factory):
     """One gunicorn server (see gunicorn_factory); yields its base URL."""
     return gunicorn_factory()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _process_cache_listener(django_db_setup, django_db_blocker):
+    """The per-process cache's listener connects to the test database: stop it before the
+    database is dropped."""
+    yield
+    with django_db_blocker.unblock():
+        process_cache.shutdown()

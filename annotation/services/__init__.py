@@ -8,15 +8,18 @@
 from .campaigns import campaign_create, campaign_role_set, membership_add
 from .imports import items_bulk_create, messages_normalise, pairs_bulk_create, prompts_bulk_create
 from .leases import (
+    Submitted,
     assignment_lease_next,
     assignment_renew,
     assignments_release,
     choices_canonical,
     judgment_submit,
+    judgment_submit_and_lease_next,
     skip_create,
 )
 
 __all__ = [
+    "Submitted",
     "assignment_lease_next",
     "assignment_renew",
     "assignments_release",
@@ -25,6 +28,7 @@ __all__ = [
     "choices_canonical",
     "items_bulk_create",
     "judgment_submit",
+    "judgment_submit_and_lease_next",
     "membership_add",
     "messages_normalise",
     "pairs_bulk_create",

@@ -22,6 +22,7 @@ The discipline every function here follows:
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,8 +36,6 @@ from django.db.models import Exists, F, OuterRef
 from django.db.models.functions import Now
 from django.utils.dateparse import parse_datetime
 
-from labeling.services import aggregation_request
-
 from ..errors import (
     AlreadyJudged,
     CampaignNotActive,
@@ -47,9 +46,11 @@ from ..errors import (
     shown,
     text_check,
 )
+from ..events import judgments_committed_send
 from ..locks import membership_lock, pair_lock
 from ..models import Assignment, Campaign, Choice, Judgment, Membership, Pair, Skip
 from ..pair_order import pair_order_for
+from ..selectors import assignment_detail, assignment_with_items, criteria_slugs
 
 SIDE_CHOICES = ("left", "right")
 # What an annotator answers: a side as shown, or a verdict on both. Never the stored "a"/"b":
@@ -191,51 +192,71 @@ LIMIT 1
 """
 
 
-class _Full(Exception):
-    """The candidate had no free slot once locked; its savepoint is rolled back."""
-
-
 def assignment_lease_next(*, annotator: AbstractBaseUser, campaign: Campaign) -> Assignment | None:
-    """Lease the next pair for `annotator`, or return the live lease they already hold.
+    """Lease the next pair for `annotator`, or return the live lease they already hold, with
+    its pair, both items and the prompt loaded.
 
     Returns None only when nothing is left for them: every pair of the campaign is full,
     judged or skipped by them, as seen by a scan that skipped no locked row.
     """
-    with transaction.atomic():
-        # Serialises this annotator's simultaneous requests (two tabs, a double click): the
-        # second sees the lease the first took instead of taking another.
-        membership_lock(campaign_id=campaign.pk, user_id=annotator.pk, slug=campaign.slug)
-        with connection.cursor() as cursor:
-            cursor.execute(
-                _HELD_SQL.format(now=_now_sql(), **_TABLES),
-                {"me": annotator.pk, "campaign": campaign.pk},
-            )
-            held, last_group, status = cursor.fetchone()
-        if status != Campaign.Status.ACTIVE:
-            raise CampaignNotActive(
-                f"Campaign '{campaign.slug}' is {status}; it takes no judgments now."
-            )
-        if held is not None:
-            return Assignment.objects.get(pk=held)
-        tried: list[int] = []
-        while True:
-            try:
-                # A savepoint per candidate: if it is full, rolling back releases its lock,
-                # so this request never waits for a pair while holding another (locks.py).
-                with transaction.atomic():
-                    pair_id = _candidate(campaign, annotator, last_group, tried, skip_locked=True)
-                    if pair_id is None:
-                        # Every free pair may be locked for an instant by other requests:
-                        # that is not "nothing left". Pick one without locking, then wait.
-                        pair_id = _candidate(
-                            campaign, annotator, last_group, tried, skip_locked=False
-                        )
-                        if pair_id is None:
-                            return None
-                        pair_lock(pair_id=pair_id)
-                    return _lease_take(campaign=campaign, annotator=annotator, pair_id=pair_id)
-            except _Full as full:
-                tried.append(full.args[0])
+    tried: list[int] = []
+    while True:
+        with transaction.atomic():
+            # Serialises this annotator's simultaneous requests (two tabs, a double click):
+            # the second sees the lease the first took instead of taking another.
+            membership_lock(campaign_id=campaign.pk, user_id=annotator.pk, slug=campaign.slug)
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    _HELD_SQL.format(now=_now_sql(), **_TABLES),
+                    {"me": annotator.pk, "campaign": campaign.pk},
+                )
+                held, last_group, status = cursor.fetchone()
+            if status != Campaign.Status.ACTIVE:
+                raise CampaignNotActive(
+                    f"Campaign '{campaign.slug}' is {status}; it takes no judgments now."
+                )
+            if held is not None:
+                return assignment_detail(assignment_id=held)
+            leased = _lease_scan(campaign, annotator, last_group, tried)
+        # _RESTART: this transaction held the locks of pairs found full, and the next step
+        # waits for a pair: the commit above (nothing was written) released them first.
+        if leased is not _RESTART:
+            if leased is None:
+                return None
+            leased.campaign = campaign
+            return assignment_with_items(leased)
+
+
+_RESTART = object()
+
+
+def _lease_scan(
+    campaign: Campaign, annotator: AbstractBaseUser, last_group: Any, tried: list[int]
+) -> Any:
+    """Lease the first free pair: an Assignment, None when nothing is left, or _RESTART.
+
+    A candidate found full once locked stays locked until the transaction ends (there is no
+    savepoint per candidate: two statements saved on every lease). That is harmless to
+    scans, which pass over locked rows, but this transaction must not then wait for another
+    pair: when only a wait is left, it ends first (_RESTART) and the caller starts afresh,
+    holding no pair."""
+    holding = False
+    while True:
+        pair_id = _candidate(campaign, annotator, last_group, tried, skip_locked=True)
+        if pair_id is None:
+            if holding:
+                return _RESTART
+            # Every free pair may be locked for an instant by other requests: that is not
+            # "nothing left". Pick one without locking, then wait for it.
+            pair_id = _candidate(campaign, annotator, last_group, tried, skip_locked=False)
+            if pair_id is None:
+                return None
+            pair_lock(pair_id=pair_id)
+        leased = _lease_take(campaign=campaign, annotator=annotator, pair_id=pair_id)
+        if leased is not None:
+            return leased
+        tried.append(pair_id)
+        holding = True
 
 
 def _candidate(
@@ -284,36 +305,80 @@ def _candidate(
     return None
 
 
-def _lease_take(*, campaign: Campaign, annotator: AbstractBaseUser, pair_id: int) -> Assignment:
-    """Call holding the pair's lock. Raises _Full when the pair has no slot for the
-    annotator after all (the candidate query's snapshot may predate a lease committed just
-    before the lock was granted)."""
+_LEASE_WRITE_SQL = """
+WITH seen AS (
+  UPDATE {membership} SET last_group_key = %(group)s
+  WHERE campaign_id = %(campaign)s AND user_id = %(me)s
+    AND last_group_key IS DISTINCT FROM %(group)s
+)
+INSERT INTO {assignment}
+  (pair_id, annotator_id, campaign_id, status, a_on_left, leased_at, expires_at)
+VALUES (%(pair)s, %(me)s, %(campaign)s, 'open', %(a_on_left)s, %(now)s, %(expires)s)
+RETURNING id
+"""
+
+
+def _lease_take(
+    *, campaign: Campaign, annotator: AbstractBaseUser, pair_id: int
+) -> Assignment | None:
+    """Call holding the pair's lock. None when the pair has no slot for the annotator after
+    all (the candidate query's snapshot may predate a lease committed just before the lock
+    was granted); nothing is written then."""
     state = _slot_state(pair_id=pair_id, annotator_id=annotator.pk)
     if (
         state.judged_id is not None
         or state.skipped
         or not state.has_free_slot(campaign.judgments_per_pair)
     ):
-        raise _Full(pair_id)
+        return None
     expires_at = state.now + timedelta(seconds=campaign.lease_seconds)
-    Membership.objects.filter(campaign_id=campaign.pk, user_id=annotator.pk).exclude(
-        last_group_key=state.group_key
-    ).update(last_group_key=state.group_key)
-    if state.own_open_lease_id is not None:
-        # Revive the annotator's own expired lease of this pair rather than open a second
-        # one: one open lease per (pair, annotator).
-        Assignment.objects.filter(pk=state.own_open_lease_id).update(
-            leased_at=state.now, expires_at=expires_at
-        )
-        return Assignment.objects.get(pk=state.own_open_lease_id)
-    return Assignment.objects.create(
+    lease = Assignment(
         pair_id=pair_id,
         annotator_id=annotator.pk,
-        campaign=campaign,
+        campaign_id=campaign.pk,
+        status=Assignment.Status.OPEN,
         a_on_left=random.random() < 0.5,
         leased_at=state.now,
         expires_at=expires_at,
     )
+    if state.own_open_lease_id is not None:
+        # Revive the annotator's own expired lease of this pair rather than open a second
+        # one: one open lease per (pair, annotator).
+        _membership_seen(campaign=campaign, annotator=annotator, group_key=state.group_key)
+        Assignment.objects.filter(pk=state.own_open_lease_id).update(
+            leased_at=state.now, expires_at=expires_at
+        )
+        return Assignment.objects.get(pk=state.own_open_lease_id)
+    if connection.vendor == "postgresql":
+        # The annotator's last prompt and the new lease in one statement: this is the write
+        # of every lease.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _LEASE_WRITE_SQL.format(**_TABLES),
+                {
+                    "group": state.group_key,
+                    "campaign": campaign.pk,
+                    "me": annotator.pk,
+                    "pair": pair_id,
+                    "a_on_left": lease.a_on_left,
+                    "now": state.now,
+                    "expires": expires_at,
+                },
+            )
+            lease.pk = cursor.fetchone()[0]
+        lease._state.adding = False
+        lease._state.db = connection.alias
+        return lease
+    _membership_seen(campaign=campaign, annotator=annotator, group_key=state.group_key)
+    lease.save(force_insert=True)
+    return lease
+
+
+def _membership_seen(*, campaign: Campaign, annotator: AbstractBaseUser, group_key: int) -> None:
+    """Record the prompt the annotator was last given (the pair order's first tier avoids it)."""
+    Membership.objects.filter(campaign_id=campaign.pk, user_id=annotator.pk).exclude(
+        last_group_key=group_key
+    ).update(last_group_key=group_key)
 
 
 # ---- acting on a lease ---------------------------------------------------------------------
@@ -407,7 +472,7 @@ def judgment_submit(
     )
     campaign = assignment.campaign
     _require_active(campaign)
-    criteria = list(campaign.criteria.values_list("slug", flat=True))
+    criteria = criteria_slugs(campaign_id=campaign.pk)
     canonical = choices_canonical(criteria=criteria, raw=choices, a_on_left=assignment.a_on_left)
     if duration_ms is not None and (
         not isinstance(duration_ms, int) or not 0 <= duration_ms <= MAX_DURATION_MS
@@ -427,7 +492,7 @@ def judgment_submit(
                 duration_ms = max(
                     0, int((state.now - state.lease_leased_at).total_seconds() * 1000)
                 )
-            judgment = Judgment.objects.create(
+            judgment = Judgment(
                 pair_id=assignment.pair_id,
                 annotator_id=annotator.pk,
                 campaign_id=campaign.pk,
@@ -436,16 +501,10 @@ def judgment_submit(
                 shown_left_id=state.item_a_id if assignment.a_on_left else state.item_b_id,
                 duration_ms=duration_ms,
             )
-            Pair.objects.filter(pk=assignment.pair_id).update(
-                judgment_count=F("judgment_count") + 1
-            )
-            # Every open lease of this annotator on the pair is finished, not only the one used.
-            Assignment.objects.filter(
-                pair_id=assignment.pair_id, annotator_id=annotator.pk, status=Assignment.Status.OPEN
-            ).update(status=Assignment.Status.DONE)
+            _judgment_write(judgment)
             # robust: an exception here is logged, never raised into a committed submit.
             transaction.on_commit(
-                partial(aggregation_request, campaign_id=campaign.pk), robust=True
+                partial(judgments_committed_send, campaign_id=campaign.pk), robust=True
             )
     except IntegrityError:
         # The unique (pair, annotator) constraint is the backstop for a judgment made through
@@ -461,6 +520,85 @@ def judgment_submit(
             "You have already judged this pair.", field="assignment", judgment_id=existing
         ) from None
     return judgment
+
+
+_JUDGMENT_WRITE_SQL = """
+WITH counted AS (
+  UPDATE {pair} SET judgment_count = judgment_count + 1 WHERE id = %(pair)s
+), done AS (
+  UPDATE {assignment} SET status = 'done'
+  WHERE pair_id = %(pair)s AND annotator_id = %(me)s AND status = 'open'
+)
+INSERT INTO {judgment}
+  (pair_id, annotator_id, campaign_id, assignment_id, choices, shown_left_id, duration_ms,
+   status, created_at)
+VALUES (%(pair)s, %(me)s, %(campaign)s, %(assignment)s, %(choices)s::jsonb, %(shown_left)s,
+        %(duration)s, 'active', STATEMENT_TIMESTAMP())
+RETURNING id, created_at
+"""
+
+
+def _judgment_write(judgment: Judgment) -> None:
+    """Store the judgment, count it on its pair and finish every open lease of this
+    annotator on the pair (not only the one used). Call holding the pair's lock.
+
+    On PostgreSQL one statement (the write of every judgment); all of it or none, so a
+    duplicate refused by the unique (pair, annotator) constraint changes nothing."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _JUDGMENT_WRITE_SQL.format(**_TABLES),
+                {
+                    "pair": judgment.pair_id,
+                    "me": judgment.annotator_id,
+                    "campaign": judgment.campaign_id,
+                    "assignment": judgment.assignment_id,
+                    "choices": json.dumps(judgment.choices),
+                    "shown_left": judgment.shown_left_id,
+                    "duration": judgment.duration_ms,
+                },
+            )
+            judgment.pk, judgment.created_at = cursor.fetchone()
+        judgment._state.adding = False
+        judgment._state.db = connection.alias
+        return
+    judgment.save(force_insert=True)  # created_at comes back with the insert
+    Pair.objects.filter(pk=judgment.pair_id).update(judgment_count=F("judgment_count") + 1)
+    Assignment.objects.filter(
+        pair_id=judgment.pair_id, annotator_id=judgment.annotator_id, status=Assignment.Status.OPEN
+    ).update(status=Assignment.Status.DONE)
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A stored judgment and, when asked for, the annotator's next lease: None when nothing is
+    left for them, or when `next_refused` says why none could be taken (the campaign was
+    paused, they were removed) -- the judgment stands either way."""
+
+    judgment: Judgment
+    next: Assignment | None = None
+    next_refused: ServiceError | None = None
+
+
+def judgment_submit_and_lease_next(
+    *,
+    annotator: AbstractBaseUser,
+    assignment_id: Any,
+    choices: Any,
+    duration_ms: int | None = None,
+) -> Submitted:
+    """judgment_submit, then assignment_lease_next in the same campaign: one round trip per
+    judgment for a scripted annotator, as the compare page has. Two transactions, so the
+    lease takes its locks in the order locks.py gives (membership, then pair)."""
+    judgment = judgment_submit(
+        annotator=annotator, assignment_id=assignment_id, choices=choices, duration_ms=duration_ms
+    )
+    campaign = judgment.assignment.campaign
+    try:
+        lease = assignment_lease_next(annotator=annotator, campaign=campaign)
+    except (CampaignNotActive, Forbidden) as refused:
+        return Submitted(judgment=judgment, next_refused=refused)
+    return Submitted(judgment=judgment, next=lease)
 
 
 def _submit_check(*, state: SlotState, campaign: Campaign) -> None:
