@@ -64,4 +64,4 @@ def chunked_body_buffer(request: HttpRequest) -> None:
     limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
     body = stream.read() if limit is None else stream.read(limit + 1)
     meta["CONTENT_LENGTH"] = str(len(body))
-    request._stream = io.BytesIO(body)  # type: ignore[attr-defined]
+    request._stream = io.BytesIO(body)

@@ -11,19 +11,16 @@ from django.contrib.auth import get_user_model
 from django.db.models.signals import post_delete, post_save
 
 from .models import Membership
+from .services import assignments_release
 
 
 def _membership_removed(sender: Any, instance: Membership, **kwargs: Any) -> None:
-    from .services import assignments_release
-
     assignments_release(annotator_id=instance.user_id, campaign_id=instance.campaign_id)
 
 
 def _user_saved(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
     if created or instance.is_active:
         return
-    from .services import assignments_release
-
     assignments_release(annotator_id=instance.pk)
 
 

@@ -35,6 +35,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+
 try:
     from bench import stack
 except ImportError:  # run as a script: bench/ is on sys.path, the repository root is not
@@ -90,10 +92,10 @@ class CpuMeter:
                     todo += children.get(pid, [])
         first = not self.last
         for pid, (_, ticks, comm) in procs.items():
-            name = owner.get(pid) or ("postgres" if comm.startswith("postgres") else None)
-            if name is not None and not first:
+            group = owner.get(pid) or ("postgres" if comm.startswith("postgres") else None)
+            if group is not None and not first:
                 delta = ticks - self.last.get(pid, 0)
-                self.totals[name] = self.totals.get(name, 0) + max(0, delta)
+                self.totals[group] = self.totals.get(group, 0) + max(0, delta)
         self.last = {pid: ticks for pid, (_, ticks, _) in procs.items()}
 
     async def measure(self, until: float) -> dict[str, float]:
@@ -200,8 +202,6 @@ class RawClient:
 
 class HttpxClient:
     def __init__(self, port: int, token: str) -> None:
-        import httpx
-
         self.client = httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{port}",
             headers={"Authorization": f"Token {token}"},

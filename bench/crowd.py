@@ -47,6 +47,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import sys
 import tempfile
@@ -56,6 +57,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 try:
     from bench import stack
@@ -216,8 +219,6 @@ class Crowd:
         cut_timeout: float | None = None,
     ) -> Any:
         """POST and record the call; returns the httpx.Response, or None without an answer."""
-        import httpx
-
         kwargs: dict[str, Any] = {}
         if body is not None:
             kwargs["json"] = body
@@ -336,8 +337,6 @@ class Crowd:
     # -- annotators
 
     async def annotate(self, a: Annotator) -> None:
-        import httpx
-
         args = self.args
         rng = random.Random(args.seed * 100_003 + a.index)
         async with httpx.AsyncClient(
@@ -646,8 +645,6 @@ def wait_catch_up(crowd: Crowd, timeout: float) -> dict[str, Any]:
 
 
 def check_export(crowd: Crowd) -> dict[str, Any]:
-    import httpx
-
     url = f"{crowd.base_url}/api/v1/campaigns/{SLUG}/export/judgments.jsonl"
     headers = {"Authorization": f"Token {crowd.seeded['staff_token']}"}
     out: dict[str, Any] = {}
@@ -811,15 +808,20 @@ def check_invariants(crowd: Crowd, catch_up: dict[str, Any]) -> dict[str, Any]:
 
     last_ack = max((a.t for a in crowd.acks), default=None)
     last_fault = max((f.end for f in crowd.faults if f.start), default=None)
-    finished = catch_up.get("finished")
     caught = bool(catch_up.get("caught_up"))
-    after_judgment = finished - last_ack if caught and last_ack is not None else None
+    # A sample is caught up only once it has a finished run (wait_catch_up).
+    finished: float | None = catch_up.get("finished") if caught else None
+    after_judgment = finished - last_ack if finished is not None and last_ack is not None else None
     inv["aggregation_caught_up"] = {
         "ok": caught and (after_judgment is None or after_judgment <= args.catchup_aim),
         "caught_up": caught,
         "catch_up_after_last_judgment_s": _r(after_judgment),
-        "catch_up_after_last_fault_s": _r(finished - last_fault) if caught and last_fault else None,
-        "catch_up_after_load_stop_s": _r(finished - crowd.t_stop) if caught else None,
+        "catch_up_after_last_fault_s": (
+            _r(finished - last_fault) if finished is not None and last_fault else None
+        ),
+        "catch_up_after_load_stop_s": (
+            _r(finished - crowd.t_stop) if finished is not None else None
+        ),
         "aim_s": args.catchup_aim,
         "state": {
             k: catch_up.get(k)
@@ -1203,8 +1205,6 @@ def main(argv: list[str]) -> int:
     failed = [name for name, r in report["invariants"].items() if not r["ok"]]
     print(f"{'FAILED: ' + ', '.join(failed) if failed else 'all invariants hold'}")
     if not args.keep_logs and not failed:
-        import shutil
-
         shutil.rmtree(logdir, ignore_errors=True)
     return 1 if failed else 0
 

@@ -23,7 +23,9 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -67,6 +69,8 @@ def main(argv: list[str]) -> int:
     os.environ.update(servers.env)
     servers.flush_redis()
 
+    # Django after os.environ has the stack's settings (read when settings load), and its
+    # handler and connection after django.setup().
     import django
 
     django.setup()
@@ -74,6 +78,51 @@ def main(argv: list[str]) -> int:
     from django.db import connection, reset_queries
 
     handler = WSGIHandler()
+
+    def call(
+        path: str, token: str, body: dict[str, Any] | None, profiler: cProfile.Profile | None
+    ) -> tuple[dict[str, Any], tuple[float, float, int]]:
+        """POST through the handler: the JSON answer ({} when empty) and (CPU s, wall s,
+        SQL statements)."""
+        raw = json.dumps(body or {}).encode()
+        environ = {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": path,
+            "QUERY_STRING": "",
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "8000",
+            "HTTP_HOST": "127.0.0.1",
+            "REMOTE_ADDR": "127.0.0.1",
+            "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(raw),
+            "wsgi.errors": sys.stderr,
+            "CONTENT_TYPE": "application/json",
+            "CONTENT_LENGTH": str(len(raw)),
+            "HTTP_AUTHORIZATION": f"Token {token}",
+        }
+        if "?" in path:
+            environ["PATH_INFO"], environ["QUERY_STRING"] = path.split("?", 1)
+        status: list[str] = []
+
+        def start_response(
+            code: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Callable[[bytes], object]:
+            status.append(code)
+            return lambda data: None
+
+        reset_queries()
+        t0, c0 = time.perf_counter(), time.process_time()
+        if profiler:
+            profiler.enable()
+        body_out = b"".join(handler(environ, start_response))
+        if profiler:
+            profiler.disable()
+        sample = (time.process_time() - c0, time.perf_counter() - t0, len(connection.queries))
+        code = int(status[0].split()[0])
+        if code >= 400:
+            raise RuntimeError(f"{path}: {status[0]} {body_out[:300]!r}")
+        return (json.loads(body_out) if body_out else {}), sample
+
     users = seeded["users"]
     results = {}
     for style, tokens in (
@@ -85,68 +134,22 @@ def main(argv: list[str]) -> int:
         profiler = cProfile.Profile() if args.profile else None
         connection.force_debug_cursor = True  # count statements without DEBUG's overhead elsewhere
 
-        def call(path: str, token: str, body: dict | None, kind: str) -> dict | None:
-            raw = json.dumps(body or {}).encode()
-            environ = {
-                "REQUEST_METHOD": "POST",
-                "PATH_INFO": path,
-                "QUERY_STRING": "",
-                "SERVER_NAME": "127.0.0.1",
-                "SERVER_PORT": "8000",
-                "HTTP_HOST": "127.0.0.1",
-                "REMOTE_ADDR": "127.0.0.1",
-                "wsgi.url_scheme": "http",
-                "wsgi.input": io.BytesIO(raw),
-                "wsgi.errors": sys.stderr,
-                "CONTENT_TYPE": "application/json",
-                "CONTENT_LENGTH": str(len(raw)),
-                "HTTP_AUTHORIZATION": f"Token {token}",
-            }
-            if "?" in path:
-                environ["PATH_INFO"], environ["QUERY_STRING"] = path.split("?", 1)
-            status = []
-            reset_queries()
-            t0, c0 = time.perf_counter(), time.process_time()
-            if profiler:
-                profiler.enable()
-            chunks = handler(environ, lambda s, h, *a: status.append(s))
-            body_out = b"".join(chunks)
-            if profiler:
-                profiler.disable()
-            samples[kind].append(
-                (time.process_time() - c0, time.perf_counter() - t0, len(connection.queries))
-            )
-            code = int(status[0].split()[0])
-            if code >= 400:
-                raise RuntimeError(f"{path}: {status[0]} {body_out[:300]!r}")
-            return json.loads(body_out) if body_out else None
-
         done = 0
         rng = random.Random(7)
         while done < per_style:
             for token in tokens:
                 lease = leases.get(token)
                 if lease is None:
-                    out = call("/api/v1/campaigns/hot/next/", token, None, "next")
-                    lease = out["assignment"] if out else None
+                    out, sample = call("/api/v1/campaigns/hot/next/", token, None, profiler)
+                    samples["next"].append(sample)
+                    lease = out.get("assignment")
                 choice = rng.choice(["left", "right", "tie"])
-                if style == "one call":
-                    out = call(
-                        f"/api/v1/assignments/{lease}/judgment/",
-                        token,
-                        {"choices": choice, "next": True},
-                        "judgment",
-                    )
-                    nxt = out.get("next")
-                    leases[token] = nxt["assignment"] if nxt else None
-                else:
-                    call(
-                        f"/api/v1/assignments/{lease}/judgment/",
-                        token,
-                        {"choices": choice},
-                        "judgment",
-                    )
-                    leases[token] = None
+                path = f"/api/v1/assignments/{lease}/judgment/"
+                body = {"choices": choice, "next": style == "one call"}
+                out, sample = call(path, token, body, profiler)
+                samples["judgment"].append(sample)
+                nxt = out.get("next") if style == "one call" else None
+                leases[token] = nxt["assignment"] if nxt else None
                 done += 1
         connection.force_debug_cursor = False
         cpu = sum(s[0] for v in samples.values() for s in v) / done
@@ -163,9 +166,9 @@ def main(argv: list[str]) -> int:
             flush=True,
         )
         if profiler:
-            out = io.StringIO()
-            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(args.profile)
-            print(out.getvalue())
+            report = io.StringIO()
+            pstats.Stats(profiler, stream=report).sort_stats("tottime").print_stats(args.profile)
+            print(report.getvalue())
     servers.flush_redis()
     return 0
 

@@ -23,14 +23,27 @@ import socket
 import subprocess
 import sys
 import time
+from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
+
+import httpx
+import psycopg
+import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 if not (VENV_BIN / "gunicorn").exists():
     VENV_BIN = ROOT / ".venv" / "bin"
-PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+
+
+class PgServer(TypedDict):
+    host: str
+    port: int
+    user: str
+
+
+PG: PgServer = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 # Connections of the driver itself carry this name, so a fault that terminates "every
 # connection of the app's database" can spare them.
 DRIVER_APP_NAME = "bench-driver"
@@ -99,8 +112,6 @@ def machine_busy_ticks() -> int:
 
 
 def pg_connect(dbname: str, **kwargs: Any) -> Any:
-    import psycopg
-
     return psycopg.connect(
         dbname=dbname,
         autocommit=True,
@@ -169,8 +180,8 @@ def seed(spec: dict) -> dict:
 
     Returns {"slug", "campaign_id", "pairs", "users": [{"username", "id", "token"}],
     "staff_token"}."""
-    from itertools import combinations
-
+    # Django only here, in the seed's child process: the load generators that import this
+    # module never load it, and the models can be imported only after django.setup().
     import django
 
     sys.path.insert(0, str(ROOT))
@@ -319,8 +330,6 @@ def children_of(pid: int) -> list[int]:
 
 
 def wait_healthy(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
-    import httpx
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -446,8 +455,6 @@ class Stack:
         self.wait_redis()
 
     def wait_redis(self, timeout: float = 20) -> None:
-        import redis
-
         deadline = time.monotonic() + timeout
         client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=1)
         while time.monotonic() < deadline:
@@ -522,8 +529,6 @@ class Stack:
         return {name: proc.poll() is None for name, proc in self.procs.items()}
 
     def flush_redis(self) -> None:
-        import redis
-
         redis.Redis.from_url(self.redis_url, socket_connect_timeout=3).flushdb()
 
     def close(self) -> None:

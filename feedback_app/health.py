@@ -7,6 +7,8 @@ import logging
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
+from .celery import app
+
 log = logging.getLogger(__name__)
 
 
@@ -20,8 +22,6 @@ def healthz(request: HttpRequest) -> JsonResponse:
         log.exception("health check: database")
         checks["database"] = "error"
     try:
-        from .celery import app
-
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
         checks["broker"] = "ok"

@@ -14,6 +14,10 @@ import os
 import sys
 from urllib.parse import urlparse
 
+import environ
+import psycopg
+import redis
+
 HOW_TO_START = {
     "postgres": "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
     "redis": 'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no',
@@ -25,24 +29,22 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def check(*, create_db: bool = False, require_servers: bool = False) -> list[str]:
-    import environ
-    import psycopg
-    import redis
-
     env = environ.Env()
     problems = []
     db_url = os.environ.get("DATABASE_URL") or (DEFAULT_DATABASE_URL if require_servers else "")
     db = env.db_url_config(db_url) if db_url else {"ENGINE": ""}
     if db["ENGINE"].endswith("postgresql"):
-        params = {
-            "host": db.get("HOST") or "127.0.0.1",
-            "port": db.get("PORT") or 5432,
-            "user": db.get("USER") or "postgres",
-            "password": db.get("PASSWORD") or None,
-            "connect_timeout": 3,
-        }
+        host, port = db.get("HOST") or "127.0.0.1", db.get("PORT") or 5432
         try:
-            with psycopg.connect(dbname="postgres", autocommit=True, **params) as conn:
+            with psycopg.connect(
+                dbname="postgres",
+                host=host,
+                port=port,
+                user=db.get("USER") or "postgres",
+                password=db.get("PASSWORD") or None,
+                connect_timeout=3,
+                autocommit=True,
+            ) as conn:
                 exists = conn.execute(
                     "SELECT 1 FROM pg_database WHERE datname = %s", [db["NAME"]]
                 ).fetchone()
@@ -50,7 +52,7 @@ def check(*, create_db: bool = False, require_servers: bool = False) -> list[str
                     conn.execute(f'CREATE DATABASE "{db["NAME"]}"')
         except psycopg.Error as exc:
             problems.append(
-                f"PostgreSQL at {params['host']}:{params['port']} is not reachable ({exc}).\n"
+                f"PostgreSQL at {host}:{port} is not reachable ({exc}).\n"
                 f"  Start it with: {HOW_TO_START['postgres']}\n"
                 "  or point DATABASE_URL at a running server."
             )

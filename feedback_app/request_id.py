@@ -11,44 +11,62 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 
 request_id: ContextVar[str] = ContextVar("request_id", default="-")
 _SANE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class RequestIdMiddleware:
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
         self.get_response = get_response
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
         incoming = request.headers.get("X-Request-ID", "")
         rid = incoming if _SANE.match(incoming) else uuid.uuid4().hex
         token = request_id.set(rid)
         try:
+            # An attribute of ours, which Django's HttpRequest does not declare.
             request.request_id = rid  # type: ignore[attr-defined]
             response = self.get_response(request)
         finally:
             request_id.reset(token)
         response["X-Request-ID"] = rid
-        if response.streaming:
+        if isinstance(response, StreamingHttpResponse):
             # The body of a streamed response is produced after this returns: keep the id
             # on the log lines written while it is.
-            response.streaming_content = _with_request_id(response.streaming_content, rid)
+            # An async stream (ASGI) gets an async wrapper: a sync one cannot iterate it.
+            chunks = response.streaming_content
+            if isinstance(chunks, AsyncIterator):
+                response.streaming_content = _with_request_id_async(chunks, rid)
+            else:
+                response.streaming_content = _with_request_id(chunks, rid)
         return response
 
 
-def _with_request_id(chunks: Iterable[bytes], rid: str) -> Iterator[bytes]:
-    iterator = iter(chunks)
+def _with_request_id(iterator: Iterator[bytes], rid: str) -> Iterator[bytes]:
     while True:
         token = request_id.set(rid)
         try:
             chunk = next(iterator)
         except StopIteration:
+            return
+        finally:
+            request_id.reset(token)
+        yield chunk
+
+
+async def _with_request_id_async(iterator: AsyncIterator[bytes], rid: str) -> AsyncIterator[bytes]:
+    while True:
+        token = request_id.set(rid)
+        try:
+            chunk = await anext(iterator)
+        except StopAsyncIteration:
             return
         finally:
             request_id.reset(token)

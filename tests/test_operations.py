@@ -1,14 +1,17 @@
 """What an operator relies on: request ids, structured logs, and exports that can't end
 silently short."""
 
+import asyncio
 import json
 import logging
 
 import httpx
 import pytest
 from django.db import connection
+from django.http import HttpResponse, StreamingHttpResponse
+from django.test import RequestFactory
 
-from feedback_app.request_id import JsonFormatter, RequestIdFilter, request_id
+from feedback_app.request_id import JsonFormatter, RequestIdFilter, RequestIdMiddleware, request_id
 from tests.annotation.test_export import bulk_judgments
 from tests.conftest import GUNICORN_APP_NAME
 from tests.factories import UserFactory, text_campaign
@@ -27,10 +30,6 @@ def test_request_ids_are_echoed_or_made(client):
 
 
 def test_log_lines_written_while_streaming_carry_the_request_id():
-    from django.http import HttpResponse, StreamingHttpResponse
-
-    from feedback_app.request_id import RequestIdMiddleware
-
     seen = []
 
     def body():
@@ -39,8 +38,6 @@ def test_log_lines_written_while_streaming_carry_the_request_id():
             yield f"line {n}\n".encode()
 
     middleware = RequestIdMiddleware(lambda request: StreamingHttpResponse(body()))
-    from django.test import RequestFactory
-
     response = middleware(RequestFactory().get("/", HTTP_X_REQUEST_ID="trace-7"))
     assert request_id.get() == "-"  # nothing leaks out of the request
     assert b"".join(response.streaming_content) == b"line 0\nline 1\nline 2\n"
@@ -48,6 +45,25 @@ def test_log_lines_written_while_streaming_carry_the_request_id():
     assert isinstance(
         RequestIdMiddleware(lambda r: HttpResponse("x"))(RequestFactory().get("/")), HttpResponse
     )
+
+
+def test_an_async_stream_stays_async_and_carries_the_request_id():
+    seen = []
+
+    async def body():
+        for n in range(2):
+            seen.append(request_id.get())
+            yield f"line {n}\n".encode()
+
+    middleware = RequestIdMiddleware(lambda request: StreamingHttpResponse(body()))
+    response = middleware(RequestFactory().get("/", HTTP_X_REQUEST_ID="trace-8"))
+    assert response.is_async
+
+    async def read():
+        return b"".join([chunk async for chunk in response.streaming_content])
+
+    assert asyncio.run(read()) == b"line 0\nline 1\n"
+    assert seen == ["trace-8"] * 2 and request_id.get() == "-"
 
 
 def test_json_log_lines_carry_the_request_id():

@@ -11,18 +11,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 
 from ..errors import Conflict, ServiceError, shown, text_check
-from ..models import Campaign, Pair, pairs_prepare
+from ..models import Campaign, Item, Pair, Prompt, pairs_prepare
 
 # Item.start and Item.length are PositiveIntegerField: a 32-bit signed column.
 FRAME_MAX = 2**31 - 1
 
 
 def _rows_check(rows: Any) -> list[dict[str, Any]]:
-    from django.conf import settings
-
     if not isinstance(rows, list):
         raise ServiceError("Expected a JSON list of rows.", field="rows")
     if len(rows) > settings.IMPORT_MAX_ROWS:
@@ -144,8 +144,6 @@ def _resolver(model: Any, campaign: Campaign, refs: list[Any]) -> dict[Any, Any]
     exts = [r for r in refs if isinstance(r, str)]
     fields = ["id", "external_id"] + (["prompt_id"] if model.__name__ == "Item" else [])
     found: dict[Any, Any] = {}
-    from django.db.models import Q
-
     for row in model.objects.filter(
         Q(campaign=campaign) & (Q(id__in=ids) | Q(external_id__in=exts))
     ).values(*fields):
@@ -156,8 +154,6 @@ def _resolver(model: Any, campaign: Campaign, refs: list[Any]) -> dict[Any, Any]
 
 
 def prompts_bulk_create(*, campaign: Campaign, rows: Any) -> list[Any]:
-    from ..models import Prompt
-
     rows = _rows_check(rows)
     objs = []
     for index, row in enumerate(rows):
@@ -181,8 +177,6 @@ def prompts_bulk_create(*, campaign: Campaign, rows: Any) -> list[Any]:
 
 
 def items_bulk_create(*, campaign: Campaign, rows: Any) -> list[Any]:
-    from ..models import Item, Prompt
-
     rows = _rows_check(rows)
     is_text = campaign.kind == Campaign.Kind.TEXT
     _check_refs(rows, ("prompt",))
@@ -232,8 +226,6 @@ def items_bulk_create(*, campaign: Campaign, rows: Any) -> list[Any]:
 
 def pairs_bulk_create(*, campaign: Campaign, rows: Any) -> list[Pair]:
     rows = _rows_check(rows)
-    from ..models import Item
-
     _check_refs(rows, ("item_a", "item_b"))
     refs = [r.get(key) for r in rows for key in ("item_a", "item_b")]
     items = _resolver(Item, campaign, refs)
@@ -258,11 +250,11 @@ def pairs_bulk_create(*, campaign: Campaign, rows: Any) -> list[Pair]:
             raise ServiceError(
                 "Both items of a text pair must answer the same prompt.", field=where
             )
-        key = (first["id"], second["id"])
-        if key in seen:
-            raise ServiceError(f"The same pair as row {seen[key]}.", field=where)
-        seen[key] = index
-        objs.append(Pair(campaign=campaign, item_a_id=key[0], item_b_id=key[1]))
+        pair_key = (first["id"], second["id"])
+        if pair_key in seen:
+            raise ServiceError(f"The same pair as row {seen[pair_key]}.", field=where)
+        seen[pair_key] = index
+        objs.append(Pair(campaign=campaign, item_a_id=pair_key[0], item_b_id=pair_key[1]))
     _pairs_new(campaign, seen)
     return _insert(Pair, pairs_prepare(objs), lambda: _pairs_new(campaign, seen))
 
