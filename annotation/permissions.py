@@ -134,6 +134,14 @@ def campaign_by_slug(*, slug: str) -> Campaign | None:
     return copy.copy(campaign)
 
 
+def campaign_by_id(*, campaign_id: int) -> Campaign | None:
+    """The campaign with this id, from the same process cache; a copy per caller."""
+    campaign = _campaigns.get_or_load(
+        ("id", campaign_id), lambda: Campaign.objects.filter(pk=campaign_id).first()
+    )
+    return copy.copy(campaign)
+
+
 def campaign_for(*, user: Any, slug: str, need: Need | str = Need.VIEW) -> Campaign:
     """The campaign `slug` for an action at level `need`, or NotFound / Forbidden."""
     return campaign_checked(user=user, campaign=campaign_by_slug(slug=slug), need=need, name=slug)

@@ -32,7 +32,7 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Exists, F, OuterRef
+from django.db.models import F
 from django.db.models.functions import Now
 from django.utils.dateparse import parse_datetime
 
@@ -50,6 +50,7 @@ from ..events import judgments_committed_send
 from ..locks import membership_lock, pair_lock
 from ..models import Assignment, Campaign, Choice, Judgment, Membership, Pair, Skip
 from ..pair_order import pair_order_for
+from ..permissions import campaign_by_id
 from ..selectors import assignment_detail, assignment_with_items, criteria_slugs
 
 SIDE_CHOICES = ("left", "right")
@@ -384,35 +385,58 @@ def _membership_seen(*, campaign: Campaign, annotator: AbstractBaseUser, group_k
 # ---- acting on a lease ---------------------------------------------------------------------
 
 
+_LEASE_SQL = """
+SELECT a.pair_id, a.annotator_id, a.campaign_id, a.status, a.a_on_left, a.leased_at,
+  a.expires_at,
+  EXISTS (SELECT 1 FROM {membership} m
+          WHERE m.campaign_id = a.campaign_id AND m.user_id = a.annotator_id)
+FROM {assignment} a WHERE a.id = %(id)s
+"""
+
+
 def _assignment_for(
     *, annotator: AbstractBaseUser, assignment_id: Any, campaign: Campaign | None = None
 ) -> Assignment:
     """The annotator's own lease, with its campaign; refused once they are no longer a
-    member of the campaign (checked in the same query), and, given `campaign` (the one a
-    page's URL names), unless the lease is of that campaign."""
-    member = Membership.objects.filter(
-        campaign_id=OuterRef("campaign_id"), user_id=OuterRef("annotator_id")
-    )
+    member of the campaign (checked in the same statement), and, given `campaign` (the one a
+    page's URL names), unless the lease is of that campaign. The campaign comes from the
+    process cache (annotation/permissions.py)."""
     try:
-        assignment = (
-            Assignment.objects.select_related("campaign")
-            .annotate(is_member=Exists(member))
-            .get(pk=assignment_id)
-        )
-    except (Assignment.DoesNotExist, ValueError, TypeError):
+        lease_id = int(assignment_id)
+        if not 0 < lease_id < 2**63:
+            raise ValueError(lease_id)
+    except (ValueError, TypeError):
         raise NotFound(f"No lease with id {assignment_id!r}.", field="assignment") from None
-    if assignment.annotator_id != annotator.pk:
+    with connection.cursor() as cursor:
+        cursor.execute(_LEASE_SQL.format(**_TABLES), {"id": lease_id})
+        row = cursor.fetchone()
+    if row is None:
+        raise NotFound(f"No lease with id {assignment_id!r}.", field="assignment")
+    pair_id, annotator_id, campaign_id, status, a_on_left, leased_at, expires_at, member = row
+    if annotator_id != annotator.pk:
         raise Forbidden("This lease belongs to another annotator.", field="assignment")
-    if campaign is not None and assignment.campaign_id != campaign.pk:
+    if campaign is not None and campaign_id != campaign.pk:
         raise NotFound(
             f"No lease with id {assignment_id!r} in campaign '{campaign.slug}'.",
             field="assignment",
         )
-    if not assignment.is_member:
-        raise Forbidden(
-            f"You are no longer a member of campaign '{assignment.campaign.slug}'.",
-            field="assignment",
-        )
+    own = campaign_by_id(campaign_id=campaign_id)
+    if own is None:  # deleted since the statement above
+        raise NotFound(f"No lease with id {assignment_id!r}.", field="assignment")
+    if not member:
+        raise Forbidden(f"You are no longer a member of campaign '{own.slug}'.", field="assignment")
+    assignment = Assignment(
+        id=lease_id,
+        pair_id=pair_id,
+        annotator_id=annotator_id,
+        campaign=own,
+        status=status,
+        a_on_left=bool(a_on_left),
+        leased_at=_datetime(leased_at),
+        expires_at=_datetime(expires_at),
+    )
+    assignment._state.adding = False
+    assignment._state.db = connection.alias
     return assignment
 
 

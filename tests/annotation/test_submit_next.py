@@ -91,7 +91,8 @@ def test_statements_per_judgment_stay_few(api):
         r = _judge(api, lease["assignment"], next=True)
     assert r.status_code == 201 and r.json()["next"] is not None
     statements = [q["sql"] for q in ctx.captured_queries]
-    # auth 1, lease lookup 1, criteria 1, lock + state + write 3 (savepoints for the test's
-    # transaction 2), aggregation request 1-2; lease: membership lock, held, candidate,
-    # state, write, items, criteria: 7.
-    assert len(statements) <= 17, "\n".join(statements)
+    # Submit: token 1, lease 1, campaign 1, criteria 1, lock + fresh read + write 3; lease:
+    # membership lock, held, candidate, fresh read, write, items 6, criteria 1; and the
+    # test transaction's two savepoints. With warm caches (tests/test_process_cache.py) the
+    # token, campaign and criteria reads go.
+    assert len(statements) <= 18, "\n".join(statements)
