@@ -82,8 +82,7 @@ class World:
                 for a in assignments
             )
             Skip.objects.bulk_create(
-                Skip(pair=p, annotator=others[1], campaign=campaign, reason="unsure")
-                for p in pairs
+                Skip(pair=p, annotator=others[1], campaign=campaign, reason="unsure") for p in pairs
             )
             criteria = list(campaign.criteria.all())
             items = Item.objects.filter(campaign=campaign)
