@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
 
-from annotation.models import Campaign, Item, Judgment
+from annotation.models import Campaign, Criterion, Item, Judgment, Pair
 
 from .models import AggregationState, ExportSnapshot, ItemScore, PairLabel
 
@@ -46,12 +47,25 @@ class KeysetPage:
 
 
 def _keyset_page(
-    qs: QuerySet[Any], *, key: tuple[str, str], after: tuple[int, int], limit: int, fields: Any
+    qs: QuerySet[Any],
+    *,
+    campaign: Campaign,
+    key: tuple[str, str],
+    after: tuple[int, int],
+    limit: int,
+    fields: Sequence[str],
+    related: tuple[type[Model], Sequence[str]],
 ) -> KeysetPage:
     """The rows of `qs` whose (first, second) `key` comes after `after`, in key order, at
-    most `limit`. `qs` is one campaign's rows; the condition `first >= a AND NOT (first = a
-    AND second <= b)` is then a range of the index (campaign, first, second) that starts at
-    `a`, read in order: a page costs its own rows, however deep into the campaign it is."""
+    most `limit`, each with `fields`, the criterion's slug and `related` fields of the row
+    `first` points at.
+
+    `qs` is one campaign's rows; the condition `first >= a AND NOT (first = a AND second <=
+    b)` is then a range of the index (campaign, first, second) that starts at `a`, read in
+    order: a page costs its own rows, however deep into the campaign it is. The related rows
+    and the criteria come in a query each, by primary key: in one join, the planner merges
+    with the related table read from its first row, which costs a deep page every row
+    before it."""
     first, second = key
     rows = list(
         qs.filter(**{f"{first}__gte": after[0]})
@@ -61,6 +75,18 @@ def _keyset_page(
     )
     more = len(rows) > limit
     rows = rows[:limit]
+    model, columns = related
+    prefix = first.removesuffix("_id")
+    found = {
+        values[0]: values[1:]
+        for values in model.objects.filter(pk__in={r[first] for r in rows}).values_list(
+            "pk", *columns
+        )
+    }
+    slugs = dict(Criterion.objects.filter(campaign=campaign).values_list("id", "slug"))
+    for row in rows:
+        row.update(zip((f"{prefix}__{c}" for c in columns), found[row[first]], strict=True))
+        row["criterion__slug"] = slugs[row[second]]
     return KeysetPage(rows=rows, next_after=(rows[-1][first], rows[-1][second]) if more else None)
 
 
@@ -75,10 +101,12 @@ def item_scores_page(
     as of its own read; `updated_at` tells it a refit landed."""
     return _keyset_page(
         ItemScore.objects.filter(campaign=campaign),
+        campaign=campaign,
         key=("item_id", "criterion_id"),
         after=after,
         limit=limit,
-        fields=("item__external_id", "criterion__slug", "score", "comparisons"),
+        fields=("score", "comparisons"),
+        related=(Item, ("external_id",)),
     )
 
 
@@ -89,10 +117,12 @@ def pair_labels_page(
     order; paged by the natural key for the reasons item_scores_page gives."""
     return _keyset_page(
         PairLabel.objects.filter(campaign=campaign),
+        campaign=campaign,
         key=("pair_id", "criterion_id"),
         after=after,
         limit=limit,
-        fields=("pair__item_a_id", "pair__item_b_id", "criterion__slug", "prefer_a", "count"),
+        fields=("prefer_a", "count"),
+        related=(Pair, ("item_a_id", "item_b_id")),
     )
 
 
