@@ -1,6 +1,9 @@
+from typing import Any
+
 from django import forms
 from django.contrib import admin
 from django.contrib.admin.views.main import ChangeList
+from django.http import HttpRequest
 
 from . import permissions, selectors, services
 from .models import (
@@ -23,7 +26,7 @@ class ManagedCampaignFilter(admin.RelatedFieldListFilter):
     own lists every campaign (names the user may not see); its related-only variant scans
     every row of the list for their campaigns."""
 
-    def field_choices(self, field, request, model_admin):
+    def field_choices(self, field: Any, request: HttpRequest, model_admin: Any) -> list[Any]:
         managed = permissions.campaigns_for(user=request.user, need="manage")
         return list(managed.order_by("name").values_list("pk", "name"))
 
@@ -134,7 +137,7 @@ class CampaignRoleInline(admin.TabularInline):
 class CampaignChangeList(ChangeList):
     """Puts each listed campaign's totals on it, for the page's rows in one go."""
 
-    def get_results(self, request):
+    def get_results(self, request: HttpRequest) -> None:
         super().get_results(request)
         totals = selectors.campaign_totals(campaigns=self.result_list)
         for campaign in self.result_list:
@@ -157,16 +160,16 @@ class CampaignAdmin(CampaignScopedAdmin):
     list_filter = ["kind", "status"]
     prepopulated_fields = {"slug": ["name"]}
 
-    def get_changelist(self, request, **kwargs):
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return CampaignChangeList
 
     @admin.display(description="pairs")
-    def pairs(self, obj) -> int:
-        return obj.totals.pairs
+    def pairs(self, obj: Any) -> int:
+        return int(obj.totals.pairs)
 
     @admin.display(description="judgments")
-    def judgments(self, obj) -> int:
-        return obj.totals.judgments
+    def judgments(self, obj: Any) -> int:
+        return int(obj.totals.judgments)
 
     def formfield_for_dbfield(self, db_field, request, **kwargs):
         if db_field.name == "pair_order":  # a choice from the registry, not free text
