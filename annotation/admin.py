@@ -1,7 +1,11 @@
+from typing import Any
+
 from django import forms
 from django.contrib import admin
+from django.contrib.admin.views.main import ChangeList
+from django.http import HttpRequest
 
-from . import permissions, services
+from . import permissions, selectors, services
 from .models import (
     Assignment,
     Campaign,
@@ -17,11 +21,29 @@ from .models import (
 from .pair_order import PAIR_ORDERS
 
 
+class ManagedCampaignFilter(admin.RelatedFieldListFilter):
+    """The campaign filter of a changelist: the campaigns the user manages, by name. Django's
+    own lists every campaign (names the user may not see); its related-only variant scans
+    every row of the list for their campaigns."""
+
+    def field_choices(self, field: Any, request: HttpRequest, model_admin: Any) -> list[Any]:
+        managed = permissions.campaigns_for(user=request.user, need="manage")
+        return list(managed.order_by("name").values_list("pk", "name"))
+
+
+CAMPAIGN_FILTER = ("campaign", ManagedCampaignFilter)
+
+
 class CampaignScopedAdmin(admin.ModelAdmin):
     """Rows of campaigns the user manages or owns (annotation/permissions.py), on top of
-    Django's model permissions: `is_staff` opens the site, a role opens a campaign."""
+    Django's model permissions: `is_staff` opens the site, a role opens a campaign.
+
+    Changelists stay a fixed number of queries whatever the number of rows: what a column
+    shows comes from `list_select_related` or from one query per page, never one per row.
+    They count only the filtered rows (the paginator's count), not the whole table again."""
 
     campaign_path = "campaign__"  # how the row reaches its campaign
+    show_full_result_count = False
 
     def get_queryset(self, request):
         return (
@@ -112,12 +134,42 @@ class CampaignRoleInline(admin.TabularInline):
         return super().has_delete_permission(request, obj) and self._owner(request, obj)
 
 
+class CampaignChangeList(ChangeList):
+    """Puts each listed campaign's totals on it, for the page's rows in one go."""
+
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        totals = selectors.campaign_totals(campaigns=self.result_list)
+        for campaign in self.result_list:
+            campaign.totals = totals[campaign.pk]
+
+
 @admin.register(Campaign)
 class CampaignAdmin(CampaignScopedAdmin):
     campaign_path = ""
-    list_display = ["name", "slug", "kind", "status", "judgments_per_pair", "created_at"]
+    list_display = [
+        "name",
+        "slug",
+        "kind",
+        "status",
+        "judgments_per_pair",
+        "pairs",
+        "judgments",
+        "created_at",
+    ]
     list_filter = ["kind", "status"]
     prepopulated_fields = {"slug": ["name"]}
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return CampaignChangeList
+
+    @admin.display(description="pairs")
+    def pairs(self, obj: Any) -> int:
+        return int(obj.totals.pairs)
+
+    @admin.display(description="judgments")
+    def judgments(self, obj: Any) -> int:
+        return int(obj.totals.judgments)
 
     def formfield_for_dbfield(self, db_field, request, **kwargs):
         if db_field.name == "pair_order":  # a choice from the registry, not free text
@@ -148,20 +200,23 @@ class CampaignAdmin(CampaignScopedAdmin):
 @admin.register(Prompt)
 class PromptAdmin(FrozenWhenJudgedAdmin):
     list_display = ["id", "campaign", "external_id", "created_at"]
-    list_filter = ["campaign"]
+    list_select_related = ["campaign"]
+    list_filter = [CAMPAIGN_FILTER]
 
 
 @admin.register(Item)
 class ItemAdmin(FrozenWhenJudgedAdmin):
     list_display = ["id", "campaign", "external_id", "source", "created_at"]
-    list_filter = ["campaign"]
+    list_select_related = ["campaign"]
+    list_filter = [CAMPAIGN_FILTER]
     raw_id_fields = ["prompt"]
 
 
 @admin.register(Pair)
 class PairAdmin(FrozenWhenJudgedAdmin):
     list_display = ["id", "campaign", "item_a", "item_b", "judgment_count"]
-    list_filter = ["campaign"]
+    list_select_related = ["campaign", "item_a", "item_b"]
+    list_filter = [CAMPAIGN_FILTER]
     raw_id_fields = ["item_a", "item_b"]
     readonly_fields = ["judgment_count"]
 
@@ -169,7 +224,8 @@ class PairAdmin(FrozenWhenJudgedAdmin):
 @admin.register(Assignment)
 class AssignmentAdmin(CampaignScopedAdmin):
     list_display = ["id", "pair", "annotator", "status", "leased_at", "expires_at"]
-    list_filter = ["status", "campaign"]
+    list_select_related = ["pair", "annotator"]
+    list_filter = ["status", CAMPAIGN_FILTER]
     raw_id_fields = ["pair", "annotator"]
 
 
@@ -178,7 +234,8 @@ class JudgmentAdmin(CampaignScopedAdmin):
     """Judgments are evidence: read-only here, never deleted."""
 
     list_display = ["id", "campaign", "pair", "annotator", "choices", "status", "created_at"]
-    list_filter = ["campaign", "status"]
+    list_select_related = ["campaign", "pair", "annotator"]
+    list_filter = [CAMPAIGN_FILTER, "status"]
 
     def has_add_permission(self, request):
         return False
@@ -193,4 +250,5 @@ class JudgmentAdmin(CampaignScopedAdmin):
 @admin.register(Skip)
 class SkipAdmin(CampaignScopedAdmin):
     list_display = ["id", "campaign", "pair", "annotator", "reason", "created_at"]
-    list_filter = ["campaign"]
+    list_select_related = ["campaign", "pair", "annotator"]
+    list_filter = [CAMPAIGN_FILTER]

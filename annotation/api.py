@@ -303,10 +303,67 @@ class PairBulkView(BulkCreateView):
     row = PairRowSerializer
 
 
+# Pages of scores and labels: rows after a two-part key, `limit` at a time.
+KEY_PAGE_LIMIT = 1000
+KEY_PAGE_MAX = 10_000
+_ID_MAX = 2**63 - 1
+
+
+class KeysetPager:
+    """The query parameters of a keyset page (`after_<first>`, `after_<second>`, `limit`),
+    their schema, and the `next` link that carries the last key of a full page forward."""
+
+    def __init__(self, first: str, second: str, what: str) -> None:
+        self.names = (f"after_{first}", f"after_{second}")
+        self.parameters = [
+            OpenApiParameter(
+                self.names[0], int, description=f"Return {what} after this {first} id ..."
+            ),
+            OpenApiParameter(
+                self.names[1],
+                int,
+                description=f"... and, within that {first}, after this {second} id.",
+            ),
+            OpenApiParameter(
+                "limit",
+                int,
+                description=f"At most this many (1-{KEY_PAGE_MAX}, default {KEY_PAGE_LIMIT}).",
+            ),
+        ]
+
+    def parse(self, request: Request) -> dict[str, Any]:
+        """`after` and `limit` for the selector; a bad value is a 400 naming its parameter."""
+        after = tuple(_int_param(request, name, 0, low=0, high=_ID_MAX) for name in self.names)
+        limit = _int_param(request, "limit", KEY_PAGE_LIMIT, low=1, high=KEY_PAGE_MAX)
+        return {"after": after, "limit": limit}
+
+    def next_link(self, request: Request, next_after: tuple[int, int] | None) -> str | None:
+        if next_after is None:
+            return None
+        query = request.query_params.copy()
+        for name, value in zip(self.names, next_after, strict=True):
+            query[name] = str(value)
+        return request.build_absolute_uri(f"{request.path}?{query.urlencode()}")
+
+
+SCORES_PAGER = KeysetPager("item", "criterion", "scores")
+LABELS_PAGER = KeysetPager("pair", "criterion", "labels")
+KEYSET_DESCRIPTION = (
+    "Rows in key order, `limit` at a time; follow `next` (null on the last page). The key "
+    "survives a refit, so every row is returned exactly once; rows a refit adds behind the "
+    "cursor show up in a new pass."
+)
+
+
 class ScoresView(ManagerView):
-    @extend_schema(responses=_responses({200: ScoresOutputSerializer}, READ_ERRORS))
+    @extend_schema(
+        parameters=SCORES_PAGER.parameters,
+        responses=_responses({200: ScoresOutputSerializer}, (400, *READ_ERRORS)),
+        description=KEYSET_DESCRIPTION + " `updated_at` changes when a refit lands.",
+    )
     def get(self, request: Request, slug: str) -> Response:
         campaign = self.campaign
+        page = labeling_selectors.item_scores_page(campaign=campaign, **SCORES_PAGER.parse(request))
         state = labeling_selectors.aggregation_state(campaign=campaign)
         return Response(
             {
@@ -324,16 +381,23 @@ class ScoresView(ManagerView):
                         "score": r["score"],
                         "comparisons": r["comparisons"],
                     }
-                    for r in labeling_selectors.item_scores(campaign=campaign)
+                    for r in page.rows
                 ],
+                "next": SCORES_PAGER.next_link(request, page.next_after),
             }
         )
 
 
 class LabelsView(ManagerView):
-    @extend_schema(responses=_responses({200: LabelsOutputSerializer}, READ_ERRORS))
+    @extend_schema(
+        parameters=LABELS_PAGER.parameters,
+        responses=_responses({200: LabelsOutputSerializer}, (400, *READ_ERRORS)),
+        description=KEYSET_DESCRIPTION,
+    )
     def get(self, request: Request, slug: str) -> Response:
-        campaign = self.campaign
+        page = labeling_selectors.pair_labels_page(
+            campaign=self.campaign, **LABELS_PAGER.parse(request)
+        )
         return Response(
             {
                 "labels": [
@@ -345,8 +409,9 @@ class LabelsView(ManagerView):
                         "prefer_a": r["prefer_a"],
                         "count": r["count"],
                     }
-                    for r in labeling_selectors.pair_labels(campaign=campaign)
-                ]
+                    for r in page.rows
+                ],
+                "next": LABELS_PAGER.next_link(request, page.next_after),
             }
         )
 

@@ -283,6 +283,9 @@ class Item(FrozenWhenJudged):
                 name="item_unique_external_id",
             ),
         ]
+        # The media view finds an item by its clip's name on every request, Range requests
+        # of one video included. Text items have no clip, so they stay out of the index.
+        indexes = [models.Index(fields=["clip"], condition=~models.Q(clip=""), name="item_clip")]
 
     def __str__(self) -> str:
         return self.external_id or f"item {self.pk}"
@@ -466,8 +469,9 @@ class Judgment(models.Model):
         EXCLUDED = "excluded"
 
     pair = models.ForeignKey(Pair, on_delete=models.PROTECT, related_name="judgments")
+    # Indexed by judgment_by_annotator below, which starts with it.
     annotator = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="judgments"
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="judgments", db_index=False
     )
     campaign = models.ForeignKey(Campaign, on_delete=models.PROTECT, related_name="judgments")
     assignment = models.OneToOneField(
@@ -486,7 +490,12 @@ class Judgment(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["pair", "annotator"], name="judgment_once_per_pair"),
         ]
-        indexes = [models.Index(fields=["campaign", "id"])]
+        indexes = [
+            models.Index(fields=["campaign", "id"]),
+            # An annotator's own count per campaign (the campaign lists), index-only; it
+            # replaces the plain index on annotator, so a submit writes no more indexes.
+            models.Index(fields=["annotator", "campaign"], name="judgment_by_annotator"),
+        ]
 
     def __str__(self) -> str:
         return f"judgment {self.pk} on pair {self.pair_id}"

@@ -6,15 +6,16 @@ import hashlib
 import hmac
 import json
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from datetime import timedelta
 from typing import Any, cast
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.cache import cache
 from django.db import connections, transaction
-from django.db.models import Count, Max, OuterRef, QuerySet, Subquery
-from django.db.models.functions import Coalesce, Now
+from django.db.models import Count, Max, QuerySet
+from django.db.models.functions import Now
 
 from feedback_app.process_cache import ProcessCache
 
@@ -47,19 +48,76 @@ def annotator_pseudonym(user_id: int) -> str:
     return f"ann_{digest[:16]}"
 
 
-def campaign_list_for(*, user: AbstractBaseUser) -> QuerySet[Campaign]:
-    """Campaigns the user may see: all for staff, the ones they are a member of otherwise;
-    annotated with the user's own judgment count and the number of pairs."""
-    # Counted in correlated subqueries: joining pairs and judgments under one GROUP BY would
-    # multiply the two.
-    pairs = Pair.objects.filter(campaign=OuterRef("pk")).order_by().values("campaign")
-    mine = Judgment.objects.filter(campaign=OuterRef("pk"), annotator_id=user.pk).order_by()
-    return campaigns_visible_to(user=user).annotate(
-        pair_total=Coalesce(Subquery(pairs.annotate(n=Count("id")).values("n")[:1]), 0),
-        my_judgments=Coalesce(
-            Subquery(mine.values("campaign").annotate(n=Count("id")).values("n")[:1]), 0
-        ),
+# How old the cached pair and judgment totals of a campaign may be (see campaign_totals).
+CAMPAIGN_TOTALS_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class CampaignTotals:
+    pairs: int
+    judgments: int  # every annotator's, whatever their status
+
+
+@dataclass(frozen=True)
+class CampaignListRow:
+    campaign: Campaign
+    totals: CampaignTotals
+    mine: int  # the viewer's own judgments
+
+
+def _totals_key(campaign: Campaign) -> str:
+    # With the creation time: ids start again in a rebuilt database (a restore, the tests),
+    # and a cached total must never be read as another campaign's.
+    return f"campaign-totals:{campaign.pk}:{campaign.created_at.timestamp()}"
+
+
+def campaign_totals(*, campaigns: Sequence[Campaign]) -> dict[int, CampaignTotals]:
+    """Pairs and judgments of each campaign, by campaign id, at most CAMPAIGN_TOTALS_SECONDS
+    old: from the cache, and for the campaigns it lacks one grouped count per table.
+
+    Counting is the one read here that grows with a campaign (index-only, but over every
+    pair), so a list page does it at most once per campaign per period instead of on every
+    load. A total is stale only until the entry expires: pairs come in by import and leave
+    only unjudged by a delete, judgments come in one by one, and nothing decides on these
+    numbers -- the lease engine counts what it needs itself."""
+    keys = {_totals_key(c): c.pk for c in campaigns}
+    cached = cache.get_many(list(keys))
+    totals = {keys[key]: CampaignTotals(*value) for key, value in cached.items()}
+    missing = [pk for key, pk in keys.items() if key not in cached]
+    if not missing:
+        return totals
+
+    def counts(model: type[Pair] | type[Judgment]) -> dict[int, int]:
+        rows = model.objects.filter(campaign_id__in=missing).values("campaign_id")
+        return dict(rows.annotate(n=Count("*")).values_list("campaign_id", "n"))
+
+    pairs, judgments = counts(Pair), counts(Judgment)
+    fresh = {
+        pk: CampaignTotals(pairs=pairs.get(pk, 0), judgments=judgments.get(pk, 0)) for pk in missing
+    }
+    if CAMPAIGN_TOTALS_SECONDS > 0:
+        cache.set_many(
+            {key: astuple(fresh[pk]) for key, pk in keys.items() if pk in fresh},
+            timeout=CAMPAIGN_TOTALS_SECONDS,
+        )
+    return totals | fresh
+
+
+def campaign_list_for(*, user: AbstractBaseUser) -> list[CampaignListRow]:
+    """Campaigns the user may see (campaigns_visible_to), each with its totals
+    (campaign_totals, cached) and the user's own judgment count (exact: an index-only count
+    of this user's judgments alone, so it grows with their work, not with the campaign)."""
+    campaigns = list(campaigns_visible_to(user=user))
+    totals = campaign_totals(campaigns=campaigns)
+    mine = dict(
+        Judgment.objects.filter(annotator_id=user.pk)
+        .values("campaign_id")
+        .annotate(n=Count("*"))
+        .values_list("campaign_id", "n")
     )
+    return [
+        CampaignListRow(campaign=c, totals=totals[c.pk], mine=mine.get(c.pk, 0)) for c in campaigns
+    ]
 
 
 def campaigns_visible_to(*, user: AbstractBaseUser) -> QuerySet[Campaign]:
@@ -79,10 +137,12 @@ def campaign_for(
 def clip_item_for(*, user: AbstractBaseUser, name: str) -> Item | None:
     """The item whose clip is stored under `name`, if `user` may see it: a member of the
     item's campaign or one with a role in it."""
+    # An index scan on item_clip, run on every request of a video (each Range request too).
+    # Not .first(): its ORDER BY id could walk the primary key instead.
     qs = Item.objects.filter(clip=name).filter(
         permissions.campaign_filter(user=user, need="view", prefix="campaign__")
     )
-    return qs.only("id", "clip").first()
+    return next(iter(qs.only("id", "clip")[:1]), None)
 
 
 def assignment_detail(*, assignment_id: int) -> Assignment:

@@ -259,6 +259,7 @@ class ScoresOutputSerializer(serializers.Serializer):
     fit_converged = serializers.BooleanField(allow_null=True)
     fit_iterations = serializers.IntegerField()
     scores = ScoreOutputSerializer(many=True)
+    next = serializers.URLField(allow_null=True, help_text="The next page; null on the last.")
 
 
 class LabelOutputSerializer(serializers.Serializer):
@@ -272,6 +273,7 @@ class LabelOutputSerializer(serializers.Serializer):
 
 class LabelsOutputSerializer(serializers.Serializer):
     labels = LabelOutputSerializer(many=True)
+    next = serializers.URLField(allow_null=True, help_text="The next page; null on the last.")
 
 
 class JudgmentRowOutputSerializer(serializers.Serializer):

@@ -17,4 +17,5 @@ class AggregationStateAdmin(CampaignScopedAdmin):
         "fit_converged",
         "last_finished_at",
     ]
+    list_select_related = ["campaign"]
     readonly_fields = [f.name for f in AggregationState._meta.fields]

@@ -54,7 +54,10 @@ class ItemScore(models.Model):
 
     item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="scores")
     criterion = models.ForeignKey(Criterion, on_delete=models.CASCADE, related_name="+")
-    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="+")
+    # Indexed by item_score_page below, which starts with it.
+    campaign = models.ForeignKey(
+        Campaign, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
     score = models.FloatField()
     comparisons = models.PositiveIntegerField(default=0)
     updated_at = models.DateTimeField(auto_now=True)
@@ -63,7 +66,11 @@ class ItemScore(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["item", "criterion"], name="item_score_unique"),
         ]
-        indexes = [models.Index(fields=["campaign", "criterion", "-score"])]
+        indexes = [
+            models.Index(fields=["campaign", "criterion", "-score"]),
+            # The API's pages, in key order from any key on (labeling/selectors.py).
+            models.Index(fields=["campaign", "item", "criterion"], name="item_score_page"),
+        ]
 
     def __str__(self) -> str:
         return f"item {self.item_id}: {self.score:.3f}"
@@ -75,7 +82,10 @@ class PairLabel(models.Model):
 
     pair = models.ForeignKey(Pair, on_delete=models.CASCADE, related_name="labels")
     criterion = models.ForeignKey(Criterion, on_delete=models.CASCADE, related_name="+")
-    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="+")
+    # Indexed by pair_label_page below, which starts with it.
+    campaign = models.ForeignKey(
+        Campaign, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
     prefer_a = models.FloatField()
     count = models.PositiveIntegerField()
     updated_at = models.DateTimeField(auto_now=True)
@@ -83,6 +93,10 @@ class PairLabel(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["pair", "criterion"], name="pair_label_unique"),
+        ]
+        indexes = [
+            # The API's pages, in key order from any key on (labeling/selectors.py).
+            models.Index(fields=["campaign", "pair", "criterion"], name="pair_label_page"),
         ]
 
     def __str__(self) -> str:
