@@ -4,10 +4,10 @@ The annotate loop reads the same few rows on every request — the caller's toke
 campaign, its criteria — and they change perhaps once a day. Each web process keeps them in
 memory and drops them the moment the database says they changed:
 
-- Triggers (annotation migration `0006_change_notify`) send `NOTIFY feedback_changed` from
-  every UPDATE or DELETE of `auth_user` and `authtoken_token` and every write to
-  `annotation_campaign`, `annotation_criterion` and `annotation_campaignrole`, however the
-  write was made (admin, API, queryset `update()`, raw SQL). PostgreSQL delivers a NOTIFY when
+- Triggers (annotation migration `0007_change_notify`) send `NOTIFY feedback_changed` from
+  every UPDATE, DELETE or TRUNCATE of `auth_user`, `authtoken_token` and
+  `annotation_campaign`, and every write to `annotation_criterion`, however the write was
+  made (admin, API, queryset `update()`, raw SQL). Roles and memberships are not cached. PostgreSQL delivers a NOTIFY when
   the writing transaction commits.
 - One listener thread per process holds its own connection with `LISTEN feedback_changed`.
   Any notification bumps the process's generation, which invalidates every entry at once
