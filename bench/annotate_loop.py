@@ -224,31 +224,38 @@ async def annotator(
     measure_from: float,
     stop_at: float,
     seed: int,
+    one_call: bool = False,
 ) -> None:
     rng = random.Random(seed)
+    held: int | None = None  # the next lease, when the last submit carried it ("one" loop)
     try:
         while (t0 := time.perf_counter()) < stop_at:
             counted = t0 >= measure_from
-            try:
-                r = await client.post(f"/api/v1/campaigns/{slug}/next/")
-            except Exception as exc:  # transport errors of either client
-                stats.error("next:" + type(exc).__name__, str(exc))
-                await asyncio.sleep(0.05)
-                continue
+            if held is None:
+                try:
+                    r = await client.post(f"/api/v1/campaigns/{slug}/next/")
+                except Exception as exc:  # transport errors of either client
+                    stats.error("next:" + type(exc).__name__, str(exc))
+                    await asyncio.sleep(0.05)
+                    continue
+                if r.status_code == 204:
+                    stats.exhausted += 1
+                    return
+                if r.status_code != 200:
+                    stats.error(f"next:{r.status_code}", r.text)
+                    await asyncio.sleep(0.05)
+                    continue
+                held = r.json()["assignment"]
+                asked_next = True
+            else:
+                asked_next = False
             t1 = time.perf_counter()
-            if r.status_code == 204:
-                stats.exhausted += 1
-                return
-            if r.status_code != 200:
-                stats.error(f"next:{r.status_code}", r.text)
-                await asyncio.sleep(0.05)
-                continue
-            assignment = r.json()["assignment"]
+            body: dict = {"choices": rng.choice(CHOICES)}
+            if one_call:
+                body["next"] = True
+            assignment, held = held, None
             try:
-                r = await client.post(
-                    f"/api/v1/assignments/{assignment}/judgment/",
-                    {"choices": rng.choice(CHOICES)},
-                )
+                r = await client.post(f"/api/v1/assignments/{assignment}/judgment/", body)
             except Exception as exc:
                 stats.error("submit:" + type(exc).__name__, str(exc))
                 continue
@@ -256,8 +263,15 @@ async def annotator(
             if r.status_code != 201:
                 stats.error(f"submit:{r.status_code}", r.text)
                 continue
+            if one_call:
+                nxt = r.json().get("next")
+                held = nxt["assignment"] if nxt else None
+                if nxt is None:
+                    stats.exhausted += 1
+                    return
             if counted and t2 <= stop_at:
-                stats.next_ms.append((t1 - t0) * 1000)
+                if asked_next:
+                    stats.next_ms.append((t1 - t0) * 1000)
                 stats.submit_ms.append((t2 - t1) * 1000)
                 stats.loop_ms.append((t2 - t0) * 1000)
                 stats.judgments += 1
@@ -274,7 +288,11 @@ async def run_level(
     stop_at = measure_from + args.duration
     make = RawClient if args.client == "raw" else HttpxClient
     tasks = [
-        asyncio.create_task(annotator(make(args.port, tok), SLUG, stats, measure_from, stop_at, i))
+        asyncio.create_task(
+            annotator(
+                make(args.port, tok), SLUG, stats, measure_from, stop_at, i, args.loop == "one"
+            )
+        )
         for i, tok in enumerate(tokens)
     ]
     await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
@@ -358,6 +376,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="httpx.AsyncClient (default) or a minimal asyncio HTTP/1.1 client that leaves "
         "more of the CPU to the server",
     )
+    p.add_argument(
+        "--loop",
+        choices=("two", "one"),
+        default="two",
+        help="two: POST next/ then POST judgment/ (default); one: each judgment carries "
+        '"next": true and its answer the next lease, one request per judgment',
+    )
     p.add_argument("--prompts", type=int, default=3000, help="prompts to seed")
     p.add_argument(
         "--responses",
@@ -401,7 +426,7 @@ def main(argv: list[str]) -> int:
         f"gunicorn: gthread, workers={args.workers} threads={args.threads}, keepalive 5 s, "
         f"no access log, DEBUG=0, CONN_MAX_AGE={env.get('CONN_MAX_AGE', '60')}; "
         f"celery worker: {'no' if args.no_worker else 'yes (concurrency 1)'}; "
-        f"client: {args.client}"
+        f"client: {args.client}; loop: {args.loop} request(s) per judgment"
     )
 
     t = time.perf_counter()
