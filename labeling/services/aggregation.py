@@ -477,9 +477,8 @@ def _compute(
         comparisons = bradley_terry.comparisons_from_outcomes(
             n_items=len(item_ids), first=first, second=second, outcome=outcome
         )
-        fit = bradley_terry.fit(
-            comparisons=comparisons, l2=campaign.l2_prior if campaign.l2_prior is not None else 0.1
-        )
+        # None: the prior's strength is chosen from the judgments (bradley_terry docstring).
+        fit = bradley_terry.fit(comparisons=comparisons, l2=campaign.l2_prior)
         fits.append((slug, fit))
         per_item = np.bincount(first, minlength=len(item_ids)) + np.bincount(
             second, minlength=len(item_ids)
