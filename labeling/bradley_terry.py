@@ -59,11 +59,15 @@ gamma being the number of well-determined scores. tr(H^-1) is exact (dense) for 
 hundred compared items and otherwise Hutchinson's estimate E[z' H^-1 z] over Rademacher
 probes z (fixed seed: a rerun gives the same l2), each one more CG solve; since H^-1 is
 diagonally dominant here the estimate's relative error is about sqrt(2 / (degree N)) per
-probe. Each round takes Newton steps at the current l2 from the previous scores (warm
-start) until the largest step is below 1e-2, then updates l2 (secant steps on log l2 once
-two rounds are known), and stops when log l2 moves by less than 0.02; the final Newton
-steps then run to ``tol``. Only items compared at least once count in N and tr (an item
-never compared adds exactly 1 - l2 / l2 = 0 to gamma). l2 is kept in [1e-3, 1e3].
+probe. The search starts at l2 = 1 with Newton steps from s = 0 until the largest step is
+below 1e-2; each later round takes one warm-started Newton step at the new l2, updates l2
+(secant steps on log l2 once two rounds are known) and stops when log l2 moves by less than
+0.02; the final Newton steps then run to ``tol``. On a million judgments that is about ten
+Newton steps and four trace solves in all. Only items compared at least once count in N
+and tr (an item never compared adds exactly 1 - l2 / l2 = 0 to gamma). l2 stays in
+[1e-3, 1e3]. Because the fixed point holds the likelihood's curvature fixed as l2 moves, it
+lands somewhat above (10-25% in the tests) the maximum of the full Laplace evidence; both
+sit on the flat top of the held-out likelihood.
 
 Why the evidence rather than held-out likelihood: cross-validation needs K fits per
 candidate l2 and picks l2 from a noisy curve; the evidence needs the one fit plus a trace
@@ -591,8 +595,9 @@ def fit(
 
     ``l2=None`` chooses the prior strength from the data by maximising the Laplace
     evidence (module docstring); a number is used as given. Converged means the last full
-    Newton step moved no score by more than ``tol`` (scores are on the logit scale, so this
-    is an absolute tolerance). ``max_iter`` bounds the Newton steps of the whole fit.
+    Newton step moved no score by more than ``tol``, or the gradient is so small that the
+    next one could not (|grad| <= tol * l2, since H >= l2 I); scores are on the logit
+    scale, so this is an absolute tolerance. ``max_iter`` bounds the Newton steps of the whole fit.
     Raises ValueError when ``l2 == 0`` and the maximum-likelihood estimate does not exist.
     """
     if l2 is not None and not (np.isfinite(l2) and l2 >= 0):

@@ -139,8 +139,8 @@ def judgments_read(*, campaign_id: int, criteria: list[tuple[int, str]]) -> Judg
     sql = (
         "SELECT CAST(j.pair_id AS bigint), CAST(p.item_a_id AS bigint), "
         f"CAST(p.item_b_id AS bigint){''.join(', ' + c for c in choice_columns)} "
-        f"FROM {judgment} j JOIN {pair} p ON p.id = j.pair_id {where} ORDER BY j.id"
-    )
+        f"FROM {judgment} j JOIN {pair} p ON p.id = j.pair_id {where}"
+    )  # in no particular order: sums of halves and ones are exact in any order
     columns = [("pair", "i8"), ("item_a", "i8"), ("item_b", "i8")]
     columns += [(f"c{n}", "i2") for n in range(len(criteria))]
     params = [campaign_id, Judgment.Status.ACTIVE]
