@@ -42,6 +42,9 @@ class AggregationState(models.Model):
     # unconverged fit is applied but recorded as such, never silently.
     fit_converged = models.BooleanField(null=True, blank=True)
     fit_iterations = models.PositiveIntegerField(default=0)
+    # The prior strength (l2) each criterion's last applied fit used, {slug: l2}: the
+    # campaign's l2_prior when set, else the one the evidence chose (labeling/bradley_terry.py).
+    fit_l2 = models.JSONField(default=dict, blank=True)
     # Runs in a row that started and never finished (labeling.services.aggregation).
     unfinished_runs = models.PositiveSmallIntegerField(default=0)
 

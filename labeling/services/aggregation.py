@@ -16,6 +16,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -35,7 +36,9 @@ from django.db.models import BooleanField, Exists, ExpressionWrapper, F, Max, Ou
 from django.db.models.functions import Now
 
 from .. import bradley_terry
-from ..models import AggregationState, ItemScore, PairLabel
+from ..models import AggregationState
+from . import aggregation_io
+from .aggregation_io import Judgments, Results
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +326,6 @@ class RunOutcome(enum.StrEnum):
     GAVE_UP = "gave up"  # MAX_UNFINISHED_RUNS runs in a row never finished; error recorded
 
 
-OUTCOME = {"a": 1.0, "b": 0.0, "tie": 0.5}
 # Runs in a row that may start and never finish before the campaign's aggregation is recorded
 # as failed (and left until the next judgment) instead of being redone by the sweep.
 MAX_UNFINISHED_RUNS = 3
@@ -358,8 +360,6 @@ def aggregation_run(*, campaign_id: int, only_if_owed: bool = False) -> RunOutco
 
 def _run_holding_lock(*, campaign_id: int, only_if_owed: bool) -> RunOutcome:
     from annotation.models import Campaign, Judgment
-
-    from ..selectors import aggregation_inputs
 
     with transaction.atomic():
         state, _ = AggregationState.objects.select_for_update().get_or_create(
@@ -401,9 +401,13 @@ def _run_holding_lock(*, campaign_id: int, only_if_owed: bool) -> RunOutcome:
         )
 
     try:
+        started = time.perf_counter()
         campaign = Campaign.objects.get(pk=campaign_id)
-        inputs = aggregation_inputs(campaign=campaign)
-        scores, labels, fits = _compute(campaign=campaign, inputs=inputs)
+        criteria = list(campaign.criteria.values_list("id", "slug"))  # frozen once judged
+        judgments = aggregation_io.judgments_read(campaign_id=campaign_id, criteria=criteria)
+        read = time.perf_counter()
+        scores, labels, fits = _compute(campaign=campaign, criteria=criteria, judgments=judgments)
+        fitted = time.perf_counter()
     except (OperationalError, InterfaceError):
         raise  # transient: the task retries, and the run stays unfinished for the sweep
     except Exception as exc:
@@ -430,88 +434,111 @@ def _run_holding_lock(*, campaign_id: int, only_if_owed: bool) -> RunOutcome:
         if state.applied_seq > seq:
             AggregationState.objects.filter(campaign_id=campaign_id).update(finished_seq=seq)
             return RunOutcome.SUPERSEDED
-        ItemScore.objects.filter(campaign_id=campaign_id).delete()
-        ItemScore.objects.bulk_create(scores, batch_size=2000)
-        PairLabel.objects.filter(campaign_id=campaign_id).delete()
-        PairLabel.objects.bulk_create(labels, batch_size=2000)
+        written = {
+            "scores": aggregation_io.results_apply(
+                table=aggregation_io.SCORES, campaign_id=campaign_id, new=scores
+            ),
+            "labels": aggregation_io.results_apply(
+                table=aggregation_io.LABELS, campaign_id=campaign_id, new=labels
+            ),
+        }
         AggregationState.objects.filter(campaign_id=campaign_id).update(
             applied_seq=seq,
             finished_seq=seq,
             runs_completed=F("runs_completed") + 1,
             last_finished_at=Now(),
-            judgments_used=len(inputs.judgments),
+            judgments_used=len(judgments),
             last_error="",
             fit_converged=converged,
             fit_iterations=iterations,
+            fit_l2={slug: fit.l2 for slug, fit in fits},
         )
+    timing = {
+        "judgments": len(judgments),
+        "read_s": read - started,
+        "fit_s": fitted - read,
+        "write_s": time.perf_counter() - fitted,
+        "written": written,
+    }
+    log.info(
+        "aggregation of campaign %s, run %s: %s judgments, read %.2f s, fit %.2f s, write "
+        "%.2f s; rows written %s",
+        campaign_id,
+        seq,
+        timing["judgments"],
+        timing["read_s"],
+        timing["fit_s"],
+        timing["write_s"],
+        written,
+        extra={"aggregation": timing},
+    )
     return RunOutcome.APPLIED
 
 
+# Share of item_a in a judgment, by choice code (aggregation_io.CHOICE_CODES); NaN: not
+# counted. "both_bad" follows the campaign's policy.
+_OUTCOME_OF_CODE = np.array([1.0, 0.0, 0.5, np.nan, np.nan])
+_BOTH_BAD = aggregation_io.CHOICE_CODES["both_bad"]
+
+
 def _compute(
-    *, campaign: Any, inputs: Any
-) -> tuple[list[ItemScore], list[PairLabel], list[tuple[str, bradley_terry.Fit]]]:
+    *, campaign: Any, criteria: list[tuple[int, str]], judgments: Judgments
+) -> tuple[Results, Results, list[tuple[str, bradley_terry.Fit]]]:
+    """Scores (one row per compared item) and pair labels of every criterion, as arrays."""
     from annotation.models import Campaign
 
-    both_bad = 0.5 if campaign.both_bad_counts_as == Campaign.BothBad.TIE else None
-    outcome_of = {**OUTCOME, "both_bad": both_bad}
+    outcome_of = _OUTCOME_OF_CODE.copy()
+    if campaign.both_bad_counts_as == Campaign.BothBad.TIE:
+        outcome_of[_BOTH_BAD] = 0.5
+    # Judgments summed per pair: a pair is one unordered pair of items (pair_unique_items)
+    # stored with item_a < item_b, so item indices in id order give i < j.
+    pairs, of_pair = np.unique(judgments.pair, return_inverse=True)
+    item_a = np.zeros(pairs.size, dtype=np.int64)
+    item_b = np.zeros(pairs.size, dtype=np.int64)
+    item_a[of_pair] = judgments.item_a
+    item_b[of_pair] = judgments.item_b
+    items = np.unique(np.concatenate([item_a, item_b]))
+    first, second = np.searchsorted(items, item_a), np.searchsorted(items, item_b)
 
-    item_ids = inputs.item_ids
-    index_of = {item_id: i for i, item_id in enumerate(item_ids)}
-    scores: list[ItemScore] = []
-    labels: list[PairLabel] = []
-    fits: list[tuple[str, bradley_terry.Fit]] = []
-    for criterion_id, slug in inputs.criteria:
-        rows = [
-            (pair_id, a, b, outcome_of.get(choices.get(slug)))
-            for pair_id, a, b, choices in inputs.judgments
-        ]
-        rows = [r for r in rows if r[3] is not None]
-        if rows:
-            pair_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            first = np.fromiter((index_of[r[1]] for r in rows), dtype=np.int64, count=len(rows))
-            second = np.fromiter((index_of[r[2]] for r in rows), dtype=np.int64, count=len(rows))
-            outcome = np.fromiter((r[3] for r in rows), dtype=np.float64, count=len(rows))
-        else:
-            pair_ids = first = second = np.zeros(0, dtype=np.int64)
-            outcome = np.zeros(0)
-        comparisons = bradley_terry.comparisons_from_outcomes(
-            n_items=len(item_ids), first=first, second=second, outcome=outcome
+    scores, labels, fits = [], [], []
+    for criterion_id, slug in criteria:
+        outcome = outcome_of[judgments.choices[criterion_id]]
+        counted = ~np.isnan(outcome)
+        total = np.bincount(of_pair[counted], minlength=pairs.size).astype(np.float64)
+        wins = np.bincount(of_pair[counted], weights=outcome[counted], minlength=pairs.size)
+        judged = total > 0
+        comparisons = bradley_terry.Comparisons(
+            n_items=items.size,
+            i=first[judged],
+            j=second[judged],
+            wins_i=wins[judged],
+            total=total[judged],
         )
-        fit = bradley_terry.fit(
-            comparisons=comparisons, l2=campaign.l2_prior if campaign.l2_prior is not None else 0.1
-        )
+        # None: the prior's strength is chosen from the judgments (bradley_terry docstring).
+        fit = bradley_terry.fit(comparisons=comparisons, l2=campaign.l2_prior)
         fits.append((slug, fit))
-        per_item = np.bincount(first, minlength=len(item_ids)) + np.bincount(
-            second, minlength=len(item_ids)
-        )
+        per_item = np.bincount(comparisons.i, weights=comparisons.total, minlength=items.size)
+        per_item += np.bincount(comparisons.j, weights=comparisons.total, minlength=items.size)
         # Items never compared sit at the prior's mean (0) and get no row: a campaign has
-        # many more items than compared ones early on, and every run rewrites its rows.
-        scores.extend(
-            ItemScore(
-                item_id=item_ids[i],
-                criterion_id=criterion_id,
-                campaign_id=campaign.pk,
-                score=float(fit.scores[i]),
-                comparisons=int(per_item[i]),
+        # many more items than compared ones early on.
+        compared = np.flatnonzero(per_item)
+        scores.append(
+            Results.of(
+                key=items[compared],
+                criterion=criterion_id,
+                value=fit.scores[compared],
+                count=per_item[compared],
             )
-            for i in np.flatnonzero(per_item)
         )
-        unique_pairs, inverse = np.unique(pair_ids, return_inverse=True)
-        counts = np.bincount(inverse, minlength=len(unique_pairs))
-        prefer_a = np.bincount(inverse, weights=outcome, minlength=len(unique_pairs)) / np.maximum(
-            counts, 1
-        )
-        labels.extend(
-            PairLabel(
-                pair_id=int(pair_id),
-                criterion_id=criterion_id,
-                campaign_id=campaign.pk,
-                prefer_a=float(prefer_a[n]),
-                count=int(counts[n]),
+        labels.append(
+            Results.of(
+                key=pairs[judged],
+                criterion=criterion_id,
+                value=wins[judged] / total[judged],
+                count=total[judged],
             )
-            for n, pair_id in enumerate(unique_pairs)
         )
-    return scores, labels, fits
+    return Results.concatenate(scores), Results.concatenate(labels), fits
 
 
 def aggregation_failed(*, campaign_id: int, error: Any, seq: int | None = None) -> None:

@@ -9,7 +9,13 @@ never hands a running task to a second worker.
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
+from ..blas import blas_threads_limited
 from ..services import aggregation_requeue_stale, aggregation_run
+
+# BLAS threads of a run's fit. One: its BLAS calls are dot products over score vectors,
+# which gain little from threads, and the workers on the labels queue share the cores
+# (labeling/blas.py, docs/benchmarks-bt.md).
+AGGREGATION_BLAS_THREADS = 1
 
 
 @shared_task(
@@ -26,7 +32,8 @@ def aggregate_campaign(campaign_id: int) -> str:
     """Run the campaign's aggregation if one is owed. A message delivered twice, or an hour
     late (a killed worker held it), finds nothing owed, or another run holding the campaign,
     and returns at once. Other errors are recorded on the campaign's state by the service."""
-    return aggregation_run(campaign_id=campaign_id, only_if_owed=True).value
+    with blas_threads_limited(threads=AGGREGATION_BLAS_THREADS):
+        return aggregation_run(campaign_id=campaign_id, only_if_owed=True).value
 
 
 @shared_task(

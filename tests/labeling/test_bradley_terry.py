@@ -338,3 +338,134 @@ def test_large_random_problem_converges() -> None:
     result = bt.fit(comparisons=comparisons, l2=0.1)
     assert result.converged
     assert np.max(np.abs(bt.gradient(scores=result.scores, comparisons=comparisons, l2=0.1))) < 1e-6
+
+
+def test_every_size_is_solved_by_cg(monkeypatch) -> None:
+    """Small problems too: sparse LU fills a random comparison graph in to a dense matrix."""
+    rng = np.random.default_rng(7)
+    first, second, outcome = _random_outcomes(rng, n_items=500, n_judgments=10_000)
+    comparisons = bt.comparisons_from_outcomes(
+        n_items=500, first=first, second=second, outcome=outcome
+    )
+    solves = []
+    real_cg = bt.spla.cg
+
+    def counting_cg(*args, **kwargs):
+        solves.append(args[0].shape)
+        return real_cg(*args, **kwargs)
+
+    monkeypatch.setattr(bt.spla, "cg", counting_cg)
+    monkeypatch.delattr(bt.spla, "spsolve")  # a direct solve would fail loudly
+    monkeypatch.delattr(bt.spla, "splu")
+    result = bt.fit(comparisons=comparisons, l2=1.0)
+    assert result.converged and solves == [(500, 500)] * result.iterations
+
+
+# --- the stable gradient ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("l2", [1e-6, 1e-9])
+def test_a_lopsided_pair_under_a_weak_prior_converges(l2: float) -> None:
+    # Item 0 wins all 100 comparisons: s0 = -s1 = x with 100 sigma(-2x) = l2 x, x ~ 8-11.
+    # In the form `w - n sigma(d)` the gradient is rounding noise at that distance.
+    comparisons = bt.comparisons_from_outcomes(
+        n_items=2, first=[0] * 100, second=[1] * 100, outcome=[1.0] * 100
+    )
+    result = bt.fit(comparisons=comparisons, l2=l2)
+    assert result.converged
+    x = result.scores[0]
+    assert result.scores[1] == pytest.approx(-x, rel=1e-12)
+    assert 100 / (1 + np.exp(2 * x)) == pytest.approx(l2 * x, rel=1e-9)
+
+
+def test_the_gradient_keeps_its_precision_far_in_the_tails() -> None:
+    comparisons = bt.comparisons_from_outcomes(
+        n_items=2, first=[0, 0], second=[1, 1], outcome=[1.0, 1.0]
+    )
+    scores = np.array([20.0, -20.0])  # sigma(40) rounds to 1; sigma(-40) ~ 4.2e-18
+    grad = bt.gradient(scores=scores, comparisons=comparisons, l2=0.0)
+    expected = 2 / (1 + np.exp(40.0))
+    np.testing.assert_allclose(grad, [expected, -expected], rtol=1e-12)
+
+
+# --- the prior's strength, chosen from the data ---------------------------------------------
+
+
+def _noisy(n_items: int, n_judgments: int, seed: int) -> tuple[bt.Comparisons, bt.Comparisons]:
+    """Train and held-out comparisons built as bench/bt_fit.py builds them (a quarter of
+    the annotators flip 30% of their answers)."""
+    from bench.bt_fit import synthetic
+
+    data = synthetic(n_items=n_items, n_comparisons=n_judgments, seed=seed)
+    split = [~data["held_out"], data["held_out"]]
+    train, test = (
+        bt.comparisons_from_outcomes(
+            n_items=n_items,
+            first=data["first"][rows],
+            second=data["second"][rows],
+            outcome=data["outcome"][rows],
+        )
+        for rows in split
+    )
+    return train, test
+
+
+@pytest.mark.parametrize(("n_items", "seed"), [(500, 11), (3000, 12)])
+def test_the_chosen_prior_predicts_held_out_judgments_better(n_items: int, seed: int) -> None:
+    train, test = _noisy(n_items, 20 * n_items // 2 * 10 // 9, seed)  # ~20 per item
+    chosen = bt.fit(comparisons=train)
+    weak = bt.fit(comparisons=train, l2=0.1)
+    assert chosen.converged and chosen.l2_from_data and 0.5 < chosen.l2 < 5
+    held_out = bt.mean_log_likelihood(scores=chosen.scores, comparisons=test)
+    assert held_out > bt.mean_log_likelihood(scores=weak.scores, comparisons=test) + 0.005
+    win_rate = bt.win_rate_scores(comparisons=train)
+    assert held_out > bt.mean_log_likelihood(scores=win_rate, comparisons=test)
+
+
+def test_the_chosen_prior_is_near_the_laplace_evidence_maximum() -> None:
+    train, _ = _noisy(300, 6000, 2)
+    n = train.n_items
+
+    def evidence(l2: float) -> float:
+        scores = bt.fit(comparisons=train, l2=l2).scores
+        p = 1 / (1 + np.exp(scores[train.j] - scores[train.i]))
+        weight = train.total * p * (1 - p)
+        hessian = np.zeros((n, n))
+        np.add.at(hessian, (train.i, train.j), -weight)
+        np.add.at(hessian, (train.j, train.i), -weight)
+        hessian[np.diag_indices(n)] = -hessian.sum(axis=1) + l2
+        value = bt.log_likelihood(scores=scores, comparisons=train, l2=l2)
+        return value + n / 2 * np.log(l2) - 0.5 * np.linalg.slogdet(hessian)[1]
+
+    grid = np.exp(np.linspace(np.log(0.1), np.log(20), 40))
+    best = grid[int(np.argmax([evidence(l2) for l2 in grid]))]
+    chosen = bt.fit(comparisons=train).l2
+    # MacKay's fixed point holds the likelihood's curvature fixed as l2 moves, so it lands
+    # a little above the exact maximum of the Laplace evidence.
+    assert best <= chosen < 1.4 * best
+
+
+def test_the_trace_estimate_chooses_what_the_exact_trace_chooses(monkeypatch) -> None:
+    train, _ = _noisy(2000, 40_000, 13)
+    estimated = bt.fit(comparisons=train)
+    monkeypatch.setattr(bt, "_EXACT_TRACE_MAX_ITEMS", 10_000)
+    exact = bt.fit(comparisons=train)
+    assert estimated.l2 == pytest.approx(exact.l2, rel=0.02)
+
+
+def test_a_given_l2_is_used_as_given_and_the_choice_is_repeatable() -> None:
+    train, _ = _noisy(500, 10_000, 14)
+    given = bt.fit(comparisons=train, l2=0.7)
+    assert given.l2 == 0.7 and not given.l2_from_data
+    first, second = bt.fit(comparisons=train), bt.fit(comparisons=train)
+    assert first.l2_from_data and first.l2 == second.l2
+    np.testing.assert_array_equal(first.scores, second.scores)  # a rerun rewrites nothing
+
+
+def test_without_any_signal_the_strongest_prior_is_chosen() -> None:
+    comparisons = bt.comparisons_from_outcomes(
+        n_items=4, first=[0, 1, 2, 3, 0], second=[1, 2, 3, 0, 2], outcome=[0.5] * 5
+    )
+    result = bt.fit(comparisons=comparisons)
+    assert result.converged and result.l2 == bt._L2_BOUNDS[1]
+    np.testing.assert_allclose(result.scores, 0.0, atol=1e-14)
