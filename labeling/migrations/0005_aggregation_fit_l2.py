@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('labeling', '0003_aggregation_unfinished_runs'),
+        ('labeling', '0004_score_label_page_indexes'),
     ]
 
     operations = [
