@@ -3,7 +3,6 @@ services.py, so scripts and simulated crowds annotate under exactly the page's r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
@@ -453,27 +452,6 @@ class JudgmentListView(APIView):
         return Response({"results": rows, "next_after": rows[-1]["id"] if rows else after})
 
 
-def _blocks(lines: Iterator[str], size: int = 64 * 1024) -> Iterator[bytes]:
-    """Group lines into blocks of about `size` bytes: one write per block, not per line.
-    Closing the blocks closes the lines, and with them the export's read transaction."""
-    block: list[bytes] = []
-    filled = 0
-    try:
-        for line in lines:
-            data = line.encode()
-            block.append(data)
-            filled += len(data)
-            if filled >= size:
-                yield b"".join(block)
-                block, filled = [], 0
-        if block:
-            yield b"".join(block)
-    finally:
-        close = getattr(lines, "close", None)
-        if close is not None:
-            close()
-
-
 class ExportView(ManagerView):
     """Streams JSON Lines. `X-Row-Count` gives the number of lines the body will hold: the
     count and the rows are read in one snapshot, so it is exact while annotators submit. The
@@ -491,10 +469,10 @@ class ExportView(ManagerView):
     def get(self, request: Request, slug: str) -> StreamingHttpResponse:
         campaign = self.campaign
         export = self.export(campaign=campaign)
-        # The response closes the blocks when the body is sent or the client goes away,
+        # The response closes the chunks when the body is sent or the client goes away,
         # which ends the export's read transaction either way.
         response = StreamingHttpResponse(
-            _blocks(export.lines), content_type="application/jsonl; charset=utf-8"
+            export.chunks, content_type="application/jsonl; charset=utf-8"
         )
         response["Content-Disposition"] = (
             f'attachment; filename="{campaign.slug}-{self.what}.jsonl"'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -22,8 +23,8 @@ from feedback_app.process_cache import ProcessCache
 from . import permissions
 from .models import Assignment, Campaign, Criterion, Item, Judgment, Pair, Skip
 
-# Rows per keyset page of an export: one ordinary query each, a few MB at most in memory.
-EXPORT_PAGE = 2000
+# Rows per keyset page of an export at most (see EXPORT_PAGE_BYTES for PostgreSQL).
+EXPORT_PAGE = 50000
 
 
 _jsonl = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -255,74 +256,281 @@ def _item_fields(kind: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class ExportStream:
-    """An export as of one moment: `rows` lines, then the lines themselves.
+    """An export as of one moment: `rows` lines, then the body in chunks of whole lines.
 
-    On PostgreSQL `lines` runs inside the export's read transaction on this thread's
+    On PostgreSQL `chunks` runs inside the export's read transaction on this thread's
     connection: iterate it to the end or close() it (a StreamingHttpResponse does, also when
     the client goes away), and write nothing on this thread's connection meanwhile -- the
     transaction is READ ONLY, so such a write fails rather than sharing its fate."""
 
     rows: int
-    lines: Generator[str, None, None]
+    chunks: Generator[bytes, None, None]
 
 
 def _export_pages(qs: QuerySet[Any], columns: Sequence[str]) -> Iterator[tuple[Any, ...]]:
-    """The rows of `qs` in id order, EXPORT_PAGE at a time: `id > last ORDER BY id LIMIT n`,
-    each page one ordinary query. Neither a server-side cursor, which Django declares WITH
-    HOLD in autocommit so that PostgreSQL builds the whole result before the first row, nor
-    one client-side query, which (with DISABLE_SERVER_SIDE_CURSORS, behind PgBouncer) pulls
-    the whole result into the web process. `columns` starts with "id"."""
+    """The rows of `qs` in id order, a page at a time: `id > last ORDER BY id LIMIT n`, each
+    page one ordinary query (embedded mode). `columns` starts with "id"."""
+    size = min(EXPORT_PAGE, 2000)  # rows as Python objects: a few MB at most
     last = 0
     while True:
-        page = list(qs.filter(id__gt=last).order_by("id").values_list(*columns)[:EXPORT_PAGE])
+        page = list(qs.filter(id__gt=last).order_by("id").values_list(*columns)[:size])
         yield from page
-        if len(page) < EXPORT_PAGE:
+        if len(page) < size:
             return
         last = page[-1][0]
 
 
-def _export(
+def _chunks(lines: Iterator[str], size: int = 64 * 1024) -> Iterator[bytes]:
+    """Lines grouped into chunks of about `size` bytes: one write per chunk, not per line."""
+    block: list[bytes] = []
+    filled = 0
+    for line in lines:
+        data = line.encode()
+        block.append(data)
+        filled += len(data)
+        if filled >= size:
+            yield b"".join(block)
+            block, filled = [], 0
+    if block:
+        yield b"".join(block)
+
+
+def _export_sqlite(
     qs: QuerySet[Any], columns: Sequence[str], line: Callable[[tuple[Any, ...]], str]
 ) -> ExportStream:
-    """Count the rows of `qs`, then read them page by page, all as of one moment, so the
-    count is exactly the number of lines. Returns once the count is known; the rows are read
-    as the lines are consumed."""
+    """Embedded mode: rows read page by page and written as JSON by Python.
 
-    def produce() -> Generator[int | str, None, None]:
-        db = qs.db
+    SQLite runs one writer at a time and judgments are never deleted (skips only with their
+    annotator's account), so every row with an id up to the highest one seen is already
+    committed and no later insert can take such an id: `id <= top` is exact without a
+    transaction. An atomic block would be an IMMEDIATE transaction here, holding the write
+    lock -- every annotator's submit -- for as long as the download takes."""
+    agg = qs.aggregate(n=Count("id"), top=Max("id"))
+    rows = qs.filter(id__lte=agg["top"] or 0)
+
+    def chunks() -> Generator[bytes, None, None]:
+        yield from _chunks(line(row) for row in _export_pages(rows, columns))
+
+    return ExportStream(rows=agg["n"], chunks=chunks())
+
+
+# ---- exports on PostgreSQL ---------------------------------------------------------------------
+#
+# PostgreSQL writes every line of JSON itself, in one statement read through a cursor that is
+# declared inside the export's REPEATABLE READ, READ ONLY transaction: NO SCROLL and WITHOUT
+# HOLD, so PostgreSQL runs the plan as rows are fetched instead of building the whole result
+# first (as it would for the WITH HOLD cursor Django declares in autocommit), and the web
+# process holds one fetch at a time (never the whole result, as a client-side query would
+# with DISABLE_SERVER_SIDE_CURSORS behind PgBouncer). One statement, so each item and prompt
+# is written as JSON once per run of rows that name it (Memoize), not once per row. Between
+# two fetches the session is idle in its transaction, as with the keyset pages before: a
+# client that stalls holds the snapshot and the connection, never a running statement.
+#
+# Rows per fetch: EXPORT_FIRST_PAGE first, so the first bytes leave at once, then up to four
+# times more per fetch, at most EXPORT_PAGE rows and about EXPORT_PAGE_BYTES bytes (judged
+# from the last fetch's rows).
+EXPORT_FIRST_PAGE = 256
+EXPORT_PAGE_BYTES = 8 * 1024 * 1024
+# Memory PostgreSQL may use for the items and prompts it keeps (Memoize takes twice this).
+EXPORT_WORK_MEM = "32MB"
+
+
+def _sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _json_members_sql(fields: Sequence[tuple[str, str]], *, start: str) -> str:
+    """SQL for the text `<start>"key":value,"key":value...` of a JSON object's members:
+    (key, SQL of the value's JSON text) in order, with the separators of
+    json.dumps(separators=(",", ":")). `start` is "{" for an object's first member, ","
+    for the later ones."""
+    parts = [
+        _sql_literal((start if n == 0 else ",") + json.dumps(key) + ":") + " || " + value
+        for n, (key, value) in enumerate(fields)
+    ]
+    return "(" + "\n || ".join(parts) + ")"
+
+
+def _json_int(column: str, *, null: bool = False) -> str:
+    return f"COALESCE({column}::text, 'null')" if null else f"{column}::text"
+
+
+def _json_text(column: str) -> str:
+    # PostgreSQL escapes as json.dumps(ensure_ascii=False) does: \" \\ \b \f \n \r \t, other
+    # control characters as \u00XX, and nothing else (U+2028 stays as it is).
+    return f"to_json({column})::text"
+
+
+def _json_utc(column: str) -> str:
+    # datetime.isoformat() of a UTC time: microseconds unless they are zero, then +00:00.
+    return (
+        f"""'"' || replace(to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US'),"""
+        """ '.000000', '') || '+00:00"'"""
+    )
+
+
+def _item_json_sql(kind: str, alias: str) -> str:
+    def value(name: str) -> str:
+        column = f"{alias}.{name}"
+        if name == "id":
+            return _json_int(column)
+        if name in ("start", "length"):
+            return _json_int(column, null=True)
+        return _json_text(column)
+
+    return _json_members_sql([(name, value(name)) for name in _item_fields(kind)], start="{")
+
+
+def _kept(select: str, *, key: str, name: str) -> str:
+    """A one-row subquery on `key` that PostgreSQL runs once per value of `key` and keeps
+    (Memoize), rather than once per row: OFFSET 0 keeps it from being flattened."""
+    return f"CROSS JOIN LATERAL ({select} WHERE {key} OFFSET 0) {name}"
+
+
+def _pseudonym_sql(column: str) -> str:
+    return f"(a.pseudonym -> {column}::text)::text"
+
+
+@functools.cache
+def _bytes_loader() -> type:
+    """A psycopg loader that hands over text as bytes: rows are sent as they are, never
+    decoded and encoded again."""
+    from psycopg.adapt import Loader
+
+    class BytesLoader(Loader):
+        def load(self, data: Any) -> bytes:
+            return bytes(data)
+
+    return BytesLoader
+
+
+def _export_postgresql(*, campaign: Campaign, table: str, line: str, joins: str) -> ExportStream:
+    """Count the campaign's rows of `table` (alias `t`), then stream them as the lines of
+    SQL `line`, all as of one moment, so the count is exactly the number of lines. Returns
+    once the count is known; the rows are fetched as the chunks are consumed."""
+    count_sql = (
+        f'SELECT annotator_id, COUNT(*) FROM "{table}" WHERE campaign_id = %(campaign_id)s'
+        " GROUP BY annotator_id"
+    )
+    rows_sql = (
+        f"DECLARE export_rows NO SCROLL CURSOR WITHOUT HOLD FOR SELECT {line} || E'\\n'"
+        f' FROM "{table}" t CROSS JOIN (SELECT %(annotators)s::jsonb AS pseudonym) a {joins}'
+        " WHERE t.campaign_id = %(campaign_id)s ORDER BY t.id"
+    )
+    params = {"campaign_id": campaign.pk, "campaign": json.dumps(campaign.slug)}
+
+    def produce() -> Generator[int | bytes, None, None]:
+        db = Judgment.objects.db
         connection = connections[db]
-        if connection.vendor == "sqlite":
-            # Embedded mode. SQLite runs one writer at a time and judgments are never deleted
-            # (skips only with their annotator's account), so every row with an id up to the
-            # highest one seen is already committed and no later insert can take such an id:
-            # `id <= top` is exact without a transaction. An atomic block would be an
-            # IMMEDIATE transaction here, holding the write lock -- every annotator's submit
-            # -- for as long as the download takes.
-            agg = qs.aggregate(n=Count("id"), top=Max("id"))
-            yield agg["n"]
-            for row in _export_pages(qs.filter(id__lte=agg["top"] or 0), columns):
-                yield line(row)
-            return
         outermost = not connection.in_atomic_block
-        with transaction.atomic(using=db):
+        with transaction.atomic(using=db), connection.cursor() as cursor:
             if outermost:
-                # One snapshot for the count and every page: a submit that commits meanwhile
+                # One snapshot for the count and every row: a submit that commits meanwhile
                 # (even one whose id is lower than rows already counted) is in neither.
                 # Inside a caller's transaction (the tests'), its level is the caller's.
-                with connection.cursor() as cursor:
-                    cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            yield qs.count()
-            for row in _export_pages(qs, columns):
-                yield line(row)
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            # Compiling the plan (JIT) would cost more than it saves before the first row.
+            cursor.execute("SET LOCAL jit = off")
+            cursor.execute(f"SET LOCAL work_mem = '{EXPORT_WORK_MEM}'")
+            cursor.execute(count_sql, params)
+            per_annotator = cursor.fetchall()
+            params["annotators"] = json.dumps(
+                {str(user_id): annotator_pseudonym(user_id) for user_id, _ in per_annotator}
+            )
+            yield sum(n for _, n in per_annotator)
+            cursor.execute(rows_sql, params)
+            cursor.cursor.adapters.register_loader("text", _bytes_loader())
+            want = min(EXPORT_FIRST_PAGE, EXPORT_PAGE)
+            while True:
+                cursor.execute(f"FETCH FORWARD {want} FROM export_rows")
+                fetched = cursor.fetchall()
+                if fetched:
+                    chunk = b"".join([row[0] for row in fetched])
+                    yield chunk
+                if len(fetched) < want:
+                    break
+                want = max(1, min(EXPORT_PAGE, 4 * want, EXPORT_PAGE_BYTES * want // len(chunk)))
+            cursor.execute("CLOSE export_rows")  # a caller's transaction may go on
 
     stream = produce()
     rows = cast(int, next(stream))
-    return ExportStream(rows=rows, lines=cast(Generator[str, None, None], stream))
+    return ExportStream(rows=rows, chunks=cast(Generator[bytes, None, None], stream))
+
+
+def _judgment_export_postgresql(*, campaign: Campaign) -> ExportStream:
+    # The prompt and item a, and item b, each once per run of rows that name them; a row
+    # then joins the three texts to its own few fields.
+    item_a = _json_members_sql(
+        [
+            (
+                "prompt",
+                "CASE WHEN p.messages IS NULL OR p.messages IN"
+                " ('[]', '{}', '\"\"', '0', 'false', 'null') THEN '[]'"  # as `messages or []`
+                " ELSE p.messages::text END",
+            ),
+            ("prompt_id", _json_text("COALESCE(p.external_id, '')")),
+            ("item_a", _item_json_sql(campaign.kind, "i") + " || '}'"),
+        ],
+        start=",",
+    )
+    item_b = _json_members_sql(
+        [("item_b", _item_json_sql(campaign.kind, "i") + " || '}'")], start=","
+    )
+    head = _json_members_sql(
+        [
+            ("judgment_id", _json_int("t.id")),
+            ("campaign", "%(campaign)s"),
+            ("pair_id", _json_int("t.pair_id")),
+        ],
+        start="{",
+    )
+    tail = _json_members_sql(
+        [
+            ("choices", "t.choices::text"),
+            ("shown_left", _json_int("t.shown_left_id")),
+            ("annotator", _pseudonym_sql("t.annotator_id")),
+            ("duration_ms", _json_int("t.duration_ms", null=True)),
+            ("status", _json_text("t.status")),
+            ("created_at", _json_utc("t.created_at")),
+        ],
+        start=",",
+    )
+    return _export_postgresql(
+        campaign=campaign,
+        table="annotation_judgment",
+        line=f"{head} || ia.json || ib.json || ({tail} || '}}')",
+        joins=" ".join(
+            [
+                'JOIN "annotation_pair" pr ON pr.id = t.pair_id',
+                _kept(
+                    f'SELECT {item_a} AS json FROM "annotation_item" i'
+                    ' LEFT JOIN "annotation_prompt" p ON p.id = i.prompt_id',
+                    key="i.id = pr.item_a_id",
+                    name="ia",
+                ),
+                _kept(
+                    f'SELECT {item_b} AS json FROM "annotation_item" i',
+                    key="i.id = pr.item_b_id",
+                    name="ib",
+                ),
+            ]
+        ),
+    )
 
 
 def judgment_export(*, campaign: Campaign) -> ExportStream:
     """Every judgment of the campaign as JSON Lines, oldest first, as of one moment, with
-    the pair's prompt and both items; annotators appear only as pseudonyms."""
+    the pair's prompt and both items; annotators appear only as pseudonyms.
+
+    On PostgreSQL the nested JSON values (the prompt's messages, the choices) are written as
+    PostgreSQL writes jsonb: the same keys in the same order and the same values, with a
+    space after each ':' and ','."""
+    if connections[Judgment.objects.db].vendor == "postgresql":
+        return _judgment_export_postgresql(campaign=campaign)
+    return _judgment_export_sqlite(campaign=campaign)
+
+
+def _judgment_export_sqlite(*, campaign: Campaign) -> ExportStream:
     item_fields = _item_fields(campaign.kind)
     columns = (
         [
@@ -364,11 +572,31 @@ def judgment_export(*, campaign: Campaign) -> ExportStream:
         }
         return _jsonl(record) + "\n"
 
-    return _export(Judgment.objects.filter(campaign=campaign), columns, line)
+    return _export_sqlite(Judgment.objects.filter(campaign=campaign), columns, line)
 
 
 def skip_export(*, campaign: Campaign) -> ExportStream:
     """Every skip of the campaign as JSON Lines, oldest first, as of one moment."""
+    if connections[Skip.objects.db].vendor == "postgresql":
+        line = _json_members_sql(
+            [
+                ("skip_id", _json_int("t.id")),
+                ("campaign", "%(campaign)s"),
+                ("pair_id", _json_int("t.pair_id")),
+                ("item_a", _json_int("pr.item_a_id")),
+                ("item_b", _json_int("pr.item_b_id")),
+                ("annotator", _pseudonym_sql("t.annotator_id")),
+                ("reason", _json_text("t.reason")),
+                ("created_at", _json_utc("t.created_at")),
+            ],
+            start="{",
+        )
+        return _export_postgresql(
+            campaign=campaign,
+            table="annotation_skip",
+            line=f"{line} || '}}'",
+            joins='JOIN "annotation_pair" pr ON pr.id = t.pair_id',
+        )
     columns = (
         "id",
         "pair_id",
@@ -394,4 +622,4 @@ def skip_export(*, campaign: Campaign) -> ExportStream:
         }
         return _jsonl(record) + "\n"
 
-    return _export(Skip.objects.filter(campaign=campaign), columns, line)
+    return _export_sqlite(Skip.objects.filter(campaign=campaign), columns, line)

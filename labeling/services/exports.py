@@ -207,13 +207,13 @@ def _write(snapshot_id: int, attempt: int) -> None:
         export = judgment_export(campaign=snapshot.campaign)
         rows = 0
         try:
-            for line in export.lines:
-                tmp.write(line.encode())
-                rows += 1
+            for chunk in export.chunks:  # whole lines
+                tmp.write(chunk)
+                rows += chunk.count(b"\n")
                 if heartbeat.lost:
                     raise _Lost
         finally:
-            export.lines.close()
+            export.chunks.close()
         if rows != export.rows:  # the count and the rows come from one snapshot
             raise RuntimeError(f"wrote {rows} rows, expected {export.rows}")
         if heartbeat.lost:

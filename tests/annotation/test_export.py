@@ -8,7 +8,7 @@ from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
 
 from annotation import selectors, services
-from annotation.models import Judgment, Pair, Skip
+from annotation.models import Item, Judgment, Pair, Skip
 from tests.factories import UserFactory, text_campaign
 
 
@@ -158,23 +158,19 @@ def test_streamed_export_sends_exactly_x_row_count_lines_while_submits_commit(
     assert len({json.loads(line)["judgment_id"] for line in lines}) == total + 1
 
 
-def page_reads(queries):
-    return [
-        q["sql"]
-        for q in queries
-        if q["sql"].startswith("SELECT")
-        and '"annotation_judgment"' in q["sql"]
-        and "COUNT(" not in q["sql"]
-    ]
+def fetches(queries):
+    return [q["sql"] for q in queries if q["sql"].startswith("FETCH")]
 
 
 @pytest.mark.parametrize("server_side_cursors", [True, False], ids=["cursors-on", "cursors-off"])
-def test_export_streams_keyset_pages_never_one_cursor_over_the_whole_result(
+def test_export_streams_from_a_cursor_without_hold_one_fetch_at_a_time(
     transactional_db, client, staff, monkeypatch, server_side_cursors
 ):
-    """With server-side cursors, Django declares the cursor WITH HOLD in autocommit and
-    PostgreSQL builds the whole result before the first row; without them (PgBouncer) the
-    driver fetches the whole result into the web process. Pages of LIMIT n do neither."""
+    """Django's own server-side cursors are declared WITH HOLD in autocommit, and PostgreSQL
+    then builds the whole result before the first row; without them (PgBouncer) the driver
+    fetches the whole result into the web process. The export declares its own cursor, NO
+    SCROLL and WITHOUT HOLD inside its transaction, and fetches a bounded number of rows at
+    a time, either way."""
     monkeypatch.setitem(
         connection.settings_dict, "DISABLE_SERVER_SIDE_CURSORS", not server_side_cursors
     )
@@ -191,19 +187,43 @@ def test_export_streams_keyset_pages_never_one_cursor_over_the_whole_result(
         response = client.get(f"/api/v1/campaigns/{campaign.slug}/export/judgments.jsonl")
         blocks = iter(response.streaming_content)
         first = next(blocks)
-        before_first = len(page_reads(queries.captured_queries))
+        before_first = len(fetches(queries.captured_queries))
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT is_holdable, is_scrollable FROM pg_cursors")
+            open_cursors = cursor.fetchall()
         body = first + b"".join(blocks)
     assert body.decode().count("\n") == int(response["X-Row-Count"]) == total
-    assert not named  # no named cursor, so none declared WITH HOLD
-    reads = page_reads(queries.captured_queries)
-    assert len(reads) == 4 and all("LIMIT 100" in sql for sql in reads)  # 100+100+100+60
-    assert before_first < len(reads)  # the first bytes left before the last page was read
+    assert not named  # not Django's cursor, which it would declare WITH HOLD
+    assert open_cursors == [(False, False)]
+    reads = fetches(queries.captured_queries)
+    assert reads == ["FETCH FORWARD 100 FROM export_rows"] * 4  # 100+100+100+60
+    assert before_first < len(reads)  # the first bytes left before the last rows were read
+
+
+def test_fetches_stay_near_the_byte_budget_and_the_first_is_small(
+    transactional_db, client, staff, monkeypatch
+):
+    monkeypatch.setattr(selectors, "EXPORT_PAGE_BYTES", 8000)
+    monkeypatch.setattr(selectors, "EXPORT_FIRST_PAGE", 3)
+    users = UserFactory.create_batch(2)
+    campaign = text_campaign(n_prompts=60, responses=3, members=users)
+    total = bulk_judgments(campaign, users)
+    client.force_login(staff)
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(f"/api/v1/campaigns/{campaign.slug}/export/judgments.jsonl")
+        chunks = list(response.streaming_content)
+    sizes = [int(sql.split()[2]) for sql in fetches(queries.captured_queries)]
+    assert sizes[:2] == [3, 12]  # a small first fetch, then four times more
+    assert max(sizes) < 100  # ... until the byte budget, not the row limit, bounds them
+    assert all(len(chunk) <= 1.25 * 8000 for chunk in chunks)
+    assert b"".join(chunks).count(b"\n") == total
 
 
 def test_a_client_that_goes_away_ends_the_export_transaction(
     transactional_db, client, staff, monkeypatch
 ):
     monkeypatch.setattr(selectors, "EXPORT_PAGE", 50)
+    monkeypatch.setattr(selectors, "EXPORT_FIRST_PAGE", 50)
     users = UserFactory.create_batch(2)
     campaign = text_campaign(n_prompts=60, responses=3, members=users)
     bulk_judgments(campaign, users)
@@ -247,3 +267,139 @@ def test_lease_query_count_does_not_grow_with_the_campaign(django_assert_max_num
             lease = services.assignment_lease_next(annotator=user, campaign=campaign)
         with django_assert_max_num_queries(9):
             services.judgment_submit(annotator=user, assignment_id=lease.pk, choices="left")
+
+
+# Every character JSON treats specially, and some it must leave alone.
+AWKWARD = (
+    'quote " backslash \\ slash / newline \n return \r tab \t backspace \b formfeed \f '
+    "controls \x01\x1f\x7f line separator \u2028 paragraph \u2029 é 中文 🎉 </script> ' %s %%"
+)
+
+
+def expected_judgment_row(judgment, campaign, fields):
+    """The row as the export has always written it (json.dumps of the values Django reads)."""
+    pair = judgment.pair
+    prompt = pair.item_a.prompt
+    return {
+        "judgment_id": judgment.pk,
+        "campaign": campaign.slug,
+        "pair_id": pair.pk,
+        "prompt": (prompt.messages if prompt else None) or [],
+        "prompt_id": (prompt.external_id if prompt else None) or "",
+        "item_a": Item.objects.values(*fields).get(pk=pair.item_a_id),
+        "item_b": Item.objects.values(*fields).get(pk=pair.item_b_id),
+        "choices": judgment.choices,
+        "shown_left": judgment.shown_left_id,
+        "annotator": selectors.annotator_pseudonym(judgment.annotator_id),
+        "duration_ms": judgment.duration_ms,
+        "status": judgment.status,
+        "created_at": judgment.created_at.isoformat(),
+    }
+
+
+def exported_rows(client, campaign, what="judgments"):
+    body = b"".join(
+        client.get(f"/api/v1/campaigns/{campaign.slug}/export/{what}.jsonl").streaming_content
+    ).decode()
+    lines = body.split("\n")
+    assert lines.pop() == ""  # every line ends with a newline, and only there
+    return [json.loads(line) for line in lines]
+
+
+def same(parsed, expected):
+    """Equal values with keys in the same order, at every depth."""
+    return json.dumps(parsed, ensure_ascii=False) == json.dumps(expected, ensure_ascii=False)
+
+
+@pytest.mark.django_db
+def test_text_rows_are_exact_json_for_awkward_text(client, staff):
+    users = UserFactory.create_batch(3)
+    campaign = text_campaign(n_prompts=3, responses=2, members=users)
+    prompts = list(campaign.prompts.order_by("id"))
+    prompts[0].messages = [{"role": "user", "content": AWKWARD, AWKWARD: [1, 2.5, None, True]}]
+    prompts[0].external_id = AWKWARD[:200]
+    prompts[1].messages = []  # empty: exported as []
+    for prompt in prompts:
+        prompt.save()
+    items = list(campaign.items.order_by("id"))
+    items[0].content, items[0].source, items[0].external_id = AWKWARD, AWKWARD[:200], "x\ny"
+    items[1].content = ""
+    items[4].prompt = None  # an item of no prompt: prompt [] and prompt_id ""
+    for item in items:
+        item.save()
+    pairs = list(Pair.objects.filter(campaign=campaign).order_by("id"))
+    stamps = ["2025-01-02 03:04:05+00", "2025-01-02 03:04:05.5+00", "2025-01-02 03:04:05.000001+00"]
+    for n, (pair, user) in enumerate([(p, u) for p in pairs for u in users]):
+        judgment = Judgment.objects.create(
+            pair=pair,
+            annotator=user,
+            campaign=campaign,
+            choices={"overall": "a", AWKWARD: "b"},
+            shown_left_id=pair.item_b_id,
+            duration_ms=None if n % 2 else 1234,
+            status=["active", "retracted"][n % 2],
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE annotation_judgment SET created_at = %s WHERE id = %s",
+                [stamps[n % 3], judgment.pk],
+            )
+    client.force_login(staff)
+    rows = exported_rows(client, campaign)
+    judgments = Judgment.objects.filter(campaign=campaign).order_by("id")
+    judgments = judgments.select_related("pair__item_a__prompt", "pair__item_b")
+    expected = [
+        expected_judgment_row(j, campaign, ("id", "external_id", "content", "source"))
+        for j in judgments
+    ]
+    assert len(rows) == len(expected) == 9
+    for row, want in zip(rows, expected, strict=True):
+        assert same(row, want), (row, want)
+    assert {row["created_at"][19:] for row in rows} == {"+00:00", ".500000+00:00", ".000001+00:00"}
+
+
+@pytest.mark.django_db
+def test_trajectory_rows_are_exact_json(client, staff):
+    from annotation.models import Campaign
+
+    users = UserFactory.create_batch(2)
+    campaign = text_campaign(n_prompts=1, responses=3, members=users, kind=Campaign.Kind.TRAJECTORY)
+    Item.objects.filter(campaign=campaign).update(prompt=None, dataset=AWKWARD, episode="e1")
+    first = campaign.items.order_by("id")[0].pk
+    Item.objects.filter(pk=first).update(start=7, length=30, clip='clips/a "b".mp4')
+    bulk_judgments(campaign, users)
+    client.force_login(staff)
+    rows = exported_rows(client, campaign)
+    judgments = Judgment.objects.filter(campaign=campaign).order_by("id")
+    judgments = judgments.select_related("pair__item_a__prompt", "pair__item_b")
+    fields = ("id", "external_id", "source", "dataset", "episode", "start", "length", "clip")
+    expected = [expected_judgment_row(j, campaign, fields) for j in judgments]
+    assert len(rows) == len(expected) == 6
+    for row, want in zip(rows, expected, strict=True):
+        assert same(row, want), (row, want)
+    assert {row["item_a"]["start"] for row in rows} >= {7, None}
+
+
+@pytest.mark.django_db
+def test_skip_rows_are_exact_json(client, staff):
+    users = UserFactory.create_batch(2)
+    campaign = text_campaign(n_prompts=2, responses=2, members=users)
+    for n, user in enumerate(users):
+        lease = services.assignment_lease_next(annotator=user, campaign=campaign)
+        services.skip_create(annotator=user, assignment_id=lease.pk, reason=AWKWARD[: 100 + n])
+    client.force_login(staff)
+    rows = exported_rows(client, campaign, "skips")
+    expected = [
+        {
+            "skip_id": skip.pk,
+            "campaign": campaign.slug,
+            "pair_id": skip.pair_id,
+            "item_a": skip.pair.item_a_id,
+            "item_b": skip.pair.item_b_id,
+            "annotator": selectors.annotator_pseudonym(skip.annotator_id),
+            "reason": skip.reason,
+            "created_at": skip.created_at.isoformat(),
+        }
+        for skip in Skip.objects.filter(campaign=campaign).select_related("pair").order_by("id")
+    ]
+    assert len(rows) == 2 and all(same(r, w) for r, w in zip(rows, expected, strict=True))
