@@ -14,14 +14,14 @@ from typing import Any, cast
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.cache import cache
-from django.db import connections, transaction
+from django.db import connection, connections, transaction
 from django.db.models import Count, Max, QuerySet
 from django.db.models.functions import Now
 
 from feedback_app.process_cache import ProcessCache
 
 from . import permissions
-from .models import Assignment, Campaign, Criterion, Item, Judgment, Pair, Skip
+from .models import Assignment, Campaign, Criterion, Item, Judgment, Pair, Prompt, Skip
 
 # Rows per keyset page of an export at most (see EXPORT_PAGE_BYTES for PostgreSQL).
 EXPORT_PAGE = 50000
@@ -153,12 +153,60 @@ def assignment_detail(*, assignment_id: int) -> Assignment:
     ).get(pk=assignment_id)
 
 
+def _columns(model: Any, alias: str) -> str:
+    return ", ".join(f"{alias}.{f.column}" for f in model._meta.concrete_fields)
+
+
+_CONVERTERS: dict[tuple[Any, str], list[tuple[Any, list[Any]]]] = {}
+
+
+def _converters(model: Any) -> list[tuple[Any, list[Any]]]:
+    """Per column of `model`, what the ORM would apply to the raw value (JSON decoding, and
+    on SQLite datetimes): raw SQL rows then become the same instances a queryset gives."""
+    key = (model, connection.vendor)
+    if key not in _CONVERTERS:
+        out = []
+        for field in model._meta.concrete_fields:
+            col = field.get_col(model._meta.db_table)
+            converters = connection.ops.get_db_converters(col) + col.get_db_converters(connection)
+            out.append((col, converters))
+        _CONVERTERS[key] = out
+    return _CONVERTERS[key]
+
+
+def _instance(model: Any, values: Sequence[Any]) -> Any:
+    fields = model._meta.concrete_fields
+    converted = []
+    for (col, converters), value in zip(_converters(model), values, strict=True):
+        for convert in converters:
+            value = convert(value, col, connection)
+        converted.append(value)
+    return model.from_db(connection.alias, [f.attname for f in fields], converted)
+
+
 def assignment_with_items(assignment: Assignment) -> Assignment:
     """`assignment` (a lease just taken, with its campaign) given its pair, both items and
-    the prompt, in one query."""
-    assignment.pair = Pair.objects.select_related("item_a__prompt", "item_b").get(
-        pk=assignment.pair_id
+    the prompt, in one statement written as SQL (it runs on every lease)."""
+    n_pair, n_item = len(Pair._meta.concrete_fields), len(Item._meta.concrete_fields)
+    sql = (
+        f"SELECT {_columns(Pair, 'p')}, {_columns(Item, 'ia')}, {_columns(Item, 'ib')}, "
+        f"{_columns(Prompt, 'pr')} FROM {Pair._meta.db_table} p "
+        f"JOIN {Item._meta.db_table} ia ON ia.id = p.item_a_id "
+        f"JOIN {Item._meta.db_table} ib ON ib.id = p.item_b_id "
+        f"LEFT JOIN {Prompt._meta.db_table} pr ON pr.id = ia.prompt_id WHERE p.id = %s"
     )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [assignment.pair_id])
+        row = cursor.fetchone()
+    if row is None:
+        raise Pair.DoesNotExist(f"pair {assignment.pair_id}")
+    pair = _instance(Pair, row[:n_pair])
+    item_a = _instance(Item, row[n_pair : n_pair + n_item])
+    item_b = _instance(Item, row[n_pair + n_item : n_pair + 2 * n_item])
+    if row[n_pair + 2 * n_item] is not None:
+        item_a.prompt = _instance(Prompt, row[n_pair + 2 * n_item :])
+    pair.item_a, pair.item_b = item_a, item_b
+    assignment.pair = pair
     return assignment
 
 

@@ -41,6 +41,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--judgments", type=int, default=2000, help="judgments per loop style")
     p.add_argument("--annotators", type=int, default=32)
     p.add_argument("--prompts", type=int, default=3000)
+    p.add_argument("--sort", default="tottime", help="profile order: tottime or cumulative")
     p.add_argument("--profile", type=int, default=0, help="print the top N functions")
     p.add_argument("--no-seed", action="store_true", help="reuse the database as it is")
     return p.parse_args(argv)
@@ -167,7 +168,7 @@ def main(argv: list[str]) -> int:
         )
         if profiler:
             report = io.StringIO()
-            pstats.Stats(profiler, stream=report).sort_stats("tottime").print_stats(args.profile)
+            pstats.Stats(profiler, stream=report).sort_stats(args.sort).print_stats(args.profile)
             print(report.getvalue())
     servers.flush_redis()
     return 0

@@ -170,9 +170,22 @@ def _held_run_locks(campaign_ids: Iterable[int]) -> set[int]:
 # --- requests ----------------------------------------------------------------------------------
 
 
-def _request(campaign_id: int) -> bool:
-    stale_before = _stale_before()
-    row = (
+_STATE_SQL = f"""
+SELECT pending, requested_at >= STATEMENT_TIMESTAMP() - %(stale)s
+FROM {AggregationState._meta.db_table} WHERE campaign_id = %(campaign)s
+"""
+
+
+def _state_read(campaign_id: int, stale_before: Any) -> tuple[bool, bool] | None:
+    """(pending, fresh) of the campaign's row, or None. On PostgreSQL written as SQL: it is
+    the one read every judgment pays after its commit."""
+    if connection.vendor == "postgresql":
+        stale = timedelta(seconds=settings.AGGREGATION_DELAY_SECONDS) + PENDING_GRACE
+        with connection.cursor() as cursor:
+            cursor.execute(_STATE_SQL, {"stale": stale, "campaign": campaign_id})
+            row = cursor.fetchone()
+        return None if row is None else (bool(row[0]), bool(row[1]))
+    return (
         AggregationState.objects.filter(campaign_id=campaign_id)
         .annotate(
             fresh=ExpressionWrapper(Q(requested_at__gte=stale_before), output_field=BooleanField())
@@ -180,6 +193,11 @@ def _request(campaign_id: int) -> bool:
         .values_list("pending", "fresh")
         .first()
     )
+
+
+def _request(campaign_id: int) -> bool:
+    stale_before = _stale_before()
+    row = _state_read(campaign_id, stale_before)
     if row is None:
         try:
             with transaction.atomic():
