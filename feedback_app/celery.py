@@ -3,6 +3,8 @@ import os
 from celery import Celery
 from kombu import Queue as KombuQueue
 
+from labeling import task_names
+
 from .queues import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "feedback_app.settings")
@@ -12,9 +14,9 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_queues = [KombuQueue(q.value) for q in Queue]
 app.conf.task_default_queue = Queue.DEFAULT.value
 app.conf.task_routes = {
-    "labeling.tasks.aggregate_campaign": {"queue": Queue.LABELS.value},
-    "labeling.tasks.aggregation_sweep": {"queue": Queue.LABELS.value},
-    "labeling.tasks.build_export_snapshot": {"queue": Queue.EXPORTS.value},
-    "labeling.tasks.export_snapshot_sweep": {"queue": Queue.DEFAULT.value},
+    task_names.AGGREGATE_CAMPAIGN: {"queue": Queue.LABELS.value},
+    task_names.AGGREGATION_SWEEP: {"queue": Queue.LABELS.value},
+    task_names.BUILD_EXPORT_SNAPSHOT: {"queue": Queue.EXPORTS.value},
+    task_names.EXPORT_SNAPSHOT_SWEEP: {"queue": Queue.DEFAULT.value},
 }
 app.autodiscover_tasks()

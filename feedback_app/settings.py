@@ -10,6 +10,8 @@ from pathlib import Path
 
 import environ
 
+from labeling import task_names
+
 from .embedded import filesystem_broker_options, secret_key_from, sqlite_database
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -144,14 +146,14 @@ CELERY_BEAT_SCHEDULE = {
     # seconds, so scores catch up within ~15 s of the last judgment. A sweep not started
     # within 30 s is dropped; a later one does its work.
     "aggregation-sweep": {
-        "task": "labeling.tasks.aggregation_sweep",
+        "task": task_names.AGGREGATION_SWEEP,
         "schedule": 5.0,
         "options": {"expires": 30},
     },
     # Re-send export snapshots whose task was lost (failed send, dead worker); see
     # labeling/services/exports.py. A sweep not started within the minute is dropped.
     "export-snapshot-sweep": {
-        "task": "labeling.tasks.export_snapshot_sweep",
+        "task": task_names.EXPORT_SNAPSHOT_SWEEP,
         "schedule": 60.0,
         "options": {"expires": 55},
     },

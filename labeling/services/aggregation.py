@@ -35,7 +35,9 @@ from django.db import (
 from django.db.models import BooleanField, Exists, ExpressionWrapper, F, Max, OuterRef, Q
 from django.db.models.functions import Now
 
-from .. import bradley_terry
+from feedback_app.celery import app as celery_app
+
+from .. import bradley_terry, task_names
 from ..models import AggregationState
 from . import aggregation_io
 from .aggregation_io import Judgments, Results
@@ -56,9 +58,9 @@ def _stale_before() -> Any:
 
 
 def _enqueue(campaign_id: int, countdown: float = 0.0) -> None:
-    from ..tasks.aggregation import aggregate_campaign
-
-    aggregate_campaign.apply_async((campaign_id,), countdown=countdown or None)
+    celery_app.send_task(
+        task_names.AGGREGATE_CAMPAIGN, args=(campaign_id,), countdown=countdown or None
+    )
 
 
 # --- the run lock ------------------------------------------------------------------------------

@@ -24,6 +24,9 @@ from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import F, Q, QuerySet
 from django.db.models.functions import Now
 
+from feedback_app.celery import app as celery_app
+
+from .. import task_names
 from ..models import ExportSnapshot
 
 log = logging.getLogger(__name__)
@@ -89,11 +92,9 @@ def _owned(snapshot_id: int, attempt: int) -> QuerySet[ExportSnapshot]:
 def _enqueue(snapshot_id: int) -> None:
     """Send the build task. A failed send leaves enqueued_at empty, which the next sweep
     reads as "never sent"."""
-    from ..tasks.exports import build_export_snapshot
-
     pending = ExportSnapshot.objects.filter(pk=snapshot_id, status=Status.PENDING)
     try:
-        build_export_snapshot.delay(snapshot_id)
+        celery_app.send_task(task_names.BUILD_EXPORT_SNAPSHOT, args=(snapshot_id,))
     except Exception:
         log.exception("could not enqueue export snapshot %s; the sweep will", snapshot_id)
         pending.update(enqueued_at=None)

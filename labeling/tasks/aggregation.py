@@ -9,6 +9,7 @@ never hands a running task to a second worker.
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
+from .. import task_names
 from ..blas import blas_threads_limited
 from ..services import aggregation_requeue_stale, aggregation_run
 
@@ -19,7 +20,7 @@ AGGREGATION_BLAS_THREADS = 1
 
 
 @shared_task(
-    name="labeling.tasks.aggregate_campaign",
+    name=task_names.AGGREGATE_CAMPAIGN,
     acks_late=True,
     reject_on_worker_lost=True,
     autoretry_for=(OperationalError, InterfaceError),  # a database blip, not a bug
@@ -36,9 +37,7 @@ def aggregate_campaign(campaign_id: int) -> str:
         return aggregation_run(campaign_id=campaign_id, only_if_owed=True).value
 
 
-@shared_task(
-    name="labeling.tasks.aggregation_sweep", acks_late=True, soft_time_limit=50, time_limit=60
-)
+@shared_task(name=task_names.AGGREGATION_SWEEP, acks_late=True, soft_time_limit=50, time_limit=60)
 def aggregation_sweep() -> None:
     """Enqueue every aggregation owed and without a task. Beat runs it every few seconds."""
     aggregation_requeue_stale()

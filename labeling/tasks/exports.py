@@ -3,6 +3,7 @@
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
+from .. import task_names
 from ..services.exports import (
     BUILD_SOFT_TIME_LIMIT,
     BUILD_TIME_LIMIT,
@@ -12,7 +13,7 @@ from ..services.exports import (
 
 
 @shared_task(
-    name="labeling.tasks.build_export_snapshot",
+    name=task_names.BUILD_EXPORT_SNAPSHOT,
     acks_late=True,
     reject_on_worker_lost=True,
     autoretry_for=(OperationalError, InterfaceError),  # a database blip, not a bug
@@ -27,7 +28,7 @@ def build_export_snapshot(snapshot_id: int) -> None:
 
 
 @shared_task(
-    name="labeling.tasks.export_snapshot_sweep", acks_late=True, soft_time_limit=100, time_limit=120
+    name=task_names.EXPORT_SNAPSHOT_SWEEP, acks_late=True, soft_time_limit=100, time_limit=120
 )
 def export_snapshot_sweep() -> None:
     export_snapshot_requeue_lost()
