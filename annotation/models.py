@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -17,6 +18,9 @@ from django.db import models
 from django.db.models.functions import Now
 
 from .clip_check import validate_clip
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 
 def clip_upload_to(instance: Item, filename: str) -> str:
@@ -93,7 +97,7 @@ class Campaign(models.Model):
             "leave empty to choose it from the judgments."
         ),
     )
-    members = models.ManyToManyField(
+    members: models.ManyToManyField[User, Membership] = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="campaigns", blank=True
     )
     created_at = models.DateTimeField(auto_now_add=True)

@@ -465,7 +465,10 @@ def _export_postgresql(*, campaign: Campaign, table: str, line: str, joins: str)
         f' FROM "{table}" t CROSS JOIN (SELECT %(annotators)s::jsonb AS pseudonym) a {joins}'
         " WHERE t.campaign_id = %(campaign_id)s ORDER BY t.id"
     )
-    params = {"campaign_id": campaign.pk, "campaign": json.dumps(campaign.slug)}
+    params: dict[str, int | str] = {
+        "campaign_id": campaign.pk,
+        "campaign": json.dumps(campaign.slug),
+    }
 
     def produce() -> Generator[int | bytes, None, None]:
         db = Judgment.objects.db
@@ -626,7 +629,7 @@ def _judgment_export_sqlite(*, campaign: Campaign) -> ExportStream:
 def skip_export(*, campaign: Campaign) -> ExportStream:
     """Every skip of the campaign as JSON Lines, oldest first, as of one moment."""
     if connections[Skip.objects.db].vendor == "postgresql":
-        line = _json_members_sql(
+        line_sql = _json_members_sql(
             [
                 ("skip_id", _json_int("t.id")),
                 ("campaign", "%(campaign)s"),
@@ -642,7 +645,7 @@ def skip_export(*, campaign: Campaign) -> ExportStream:
         return _export_postgresql(
             campaign=campaign,
             table="annotation_skip",
-            line=f"{line} || '}}'",
+            line=f"{line_sql} || '}}'",
             joins='JOIN "annotation_pair" pr ON pr.id = t.pair_id',
         )
     columns = (

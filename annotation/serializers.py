@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.contrib.auth import get_user_model
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -42,7 +44,7 @@ class CampaignSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "created_at"]
         # campaign_create answers a taken slug with 409, also when a concurrent create
         # takes it after any check here could run.
-        extra_kwargs = {"slug": {"validators": []}}
+        extra_kwargs: dict[str, dict[str, Any]] = {"slug": {"validators": []}}
 
     def to_representation(self, instance):
         data = super().to_representation(instance)
@@ -115,10 +117,11 @@ def assignment_payload(assignment: Assignment) -> dict:
     sides, nothing else. Choices are given as "left"/"right" (or tie, both_bad)."""
     pair = assignment.pair
     left, right = assignment.sides
+    prompt = pair.item_a.prompt  # None, without a query, when prompt_id is
     return {
         "assignment": assignment.pk,
         "expires_at": assignment.expires_at,
-        "prompt": pair.item_a.prompt.messages if pair.item_a.prompt_id else None,
+        "prompt": prompt.messages if prompt is not None else None,
         "left": item_payload(left),
         "right": item_payload(right),
         "criteria": criteria_slugs(campaign_id=assignment.campaign_id),

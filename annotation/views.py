@@ -3,14 +3,17 @@ named partial; the same URLs work as plain form posts with JavaScript off."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.decorators import login_required
 from django.core.files.storage import default_storage
 from django.http import Http404, HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
+from django_htmx.middleware import HtmxDetails
 
 from feedback_app.ranged import ranged_file_response
 from feedback_app.throttling import throttle_user
@@ -22,14 +25,25 @@ from .models import Assignment, Campaign
 PAGE = "annotation/compare.html"
 
 
+class HtmxHttpRequest(HttpRequest):
+    """A request as HtmxMiddleware leaves it (django-htmx's documented typing)."""
+
+    htmx: HtmxDetails
+
+
+def _user(request: HttpRequest) -> AbstractBaseUser:
+    """The signed-in user: call only behind login_required."""
+    return cast(AbstractBaseUser, request.user)
+
+
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
-    campaigns = selectors.campaign_list_for(user=request.user)
+    campaigns = selectors.campaign_list_for(user=_user(request))
     return render(request, "annotation/home.html", {"campaigns": campaigns})
 
 
 def _campaign(request: HttpRequest, slug: str) -> Campaign:
-    campaign = selectors.campaign_for(user=request.user, slug=slug)
+    campaign = selectors.campaign_for(user=_user(request), slug=slug)
     if campaign is None:
         raise Http404("No such campaign, or you are not a member of it.")
     return campaign
@@ -41,13 +55,17 @@ def _sides(assignment: Assignment) -> dict[str, Any]:
 
 
 def _render_pair(
-    request: HttpRequest, campaign: Campaign, *, error: ServiceError | None = None, notice: str = ""
+    request: HtmxHttpRequest,
+    campaign: Campaign,
+    *,
+    error: ServiceError | None = None,
+    notice: str = "",
 ) -> HttpResponse:
     """Lease (or resume) the annotator's next pair and render it, with an optional message."""
     context: dict[str, Any] = {"campaign": campaign, "error": error, "notice": notice}
     status = error.status if error and not request.htmx else 200
     try:
-        assignment = services.assignment_lease_next(annotator=request.user, campaign=campaign)
+        assignment = services.assignment_lease_next(annotator=_user(request), campaign=campaign)
     except (Forbidden, CampaignNotActive) as exc:
         context["error"] = error or exc
         status = (error or exc).status if not request.htmx else 200
@@ -61,7 +79,7 @@ def _render_pair(
 
 
 @login_required
-def compare(request: HttpRequest, slug: str) -> HttpResponse:
+def compare(request: HtmxHttpRequest, slug: str) -> HttpResponse:
     return _render_pair(request, _campaign(request, slug))
 
 
@@ -69,8 +87,8 @@ def _choices_from_form(request: HttpRequest) -> dict[str, str] | str:
     if "choice" in request.POST:
         return request.POST["choice"]
     return {
-        key.removeprefix("choice_"): value
-        for key, value in request.POST.items()
+        key.removeprefix("choice_"): request.POST[key]  # the key's last value, as items() gives
+        for key in request.POST
         if key.startswith("choice_")
     }
 
@@ -82,7 +100,7 @@ def _int_or_none(value: str | None) -> int | None:
         return None
 
 
-def _act(request: HttpRequest, slug: str, action: Any, notice: str) -> HttpResponse:
+def _act(request: HtmxHttpRequest, slug: str, action: Any, notice: str) -> HttpResponse:
     """Run one service on the annotator's lease in the campaign the URL names, then show the
     next pair: swapped in by htmx, or after a redirect for a plain form post. A refused
     action shows why, writing nothing."""
@@ -98,7 +116,7 @@ def _act(request: HttpRequest, slug: str, action: Any, notice: str) -> HttpRespo
 
 @login_required
 @require_POST
-def judge(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
+def judge(request: HtmxHttpRequest, slug: str, assignment_id: int) -> HttpResponse:
     def submit(campaign: Campaign) -> None:
         # The same per-annotator limit as the API's (scope "judgments"): no vote stuffing
         # through the page either.
@@ -109,7 +127,7 @@ def judge(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
                 f"in {wait} seconds. Your answer was not recorded."
             )
         services.judgment_submit(
-            annotator=request.user,
+            annotator=_user(request),
             assignment_id=assignment_id,
             campaign=campaign,
             choices=_choices_from_form(request),
@@ -121,12 +139,12 @@ def judge(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
-def skip(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
+def skip(request: HtmxHttpRequest, slug: str, assignment_id: int) -> HttpResponse:
     return _act(
         request,
         slug,
         lambda campaign: services.skip_create(
-            annotator=request.user,
+            annotator=_user(request),
             assignment_id=assignment_id,
             campaign=campaign,
             reason=request.POST.get("reason", ""),
@@ -137,10 +155,10 @@ def skip(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
-def renew(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
+def renew(request: HtmxHttpRequest, slug: str, assignment_id: int) -> HttpResponse:
     try:
         services.assignment_renew(
-            annotator=request.user,
+            annotator=_user(request),
             assignment_id=assignment_id,
             campaign=_campaign(request, slug),
         )
@@ -151,9 +169,9 @@ def renew(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
 
 @login_required
 @require_GET
-def media(request: HttpRequest, name: str) -> HttpResponse:
+def media(request: HttpRequest, name: str) -> HttpResponseBase:
     """A clip, with Range support, for staff and members of its campaign only."""
-    item = selectors.clip_item_for(user=request.user, name=name)
+    item = selectors.clip_item_for(user=_user(request), name=name)
     if item is None:
         raise Http404("No such file, or you may not see it.")
     return ranged_file_response(

@@ -94,7 +94,7 @@ def _typed(response: HttpResponseBase, *, name: str, head: bytes) -> None:
 
 def ranged_file_response(
     request: HttpRequest, *, storage: Storage, name: str, accel_prefix: str = ""
-) -> HttpResponse:
+) -> HttpResponseBase:
     handle = storage.open(name, "rb")
     head = read_head(handle)
     if accel_prefix:

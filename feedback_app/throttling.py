@@ -117,7 +117,8 @@ class ScopedThrottle(BaseThrottle):
             if getattr(request.user, "is_authenticated", False)
             else f"ip:{client_ip(request)}"
         )
-        scope = self.scope or getattr(view, "throttle_scope", "api")
+        view_scope: str = getattr(view, "throttle_scope", "api")  # DRF's: a str
+        scope = self.scope or view_scope
         self._wait = throttle_user(scope=scope, user=request.user, who=who)
         return self._wait is None
 

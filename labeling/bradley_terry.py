@@ -356,7 +356,8 @@ class _Point:
         unlikely *= c.total
         residual = np.where(self.diff >= 0.0, unlikely - c.losses, c.wins_i - unlikely)
         n = c.n_items
-        grad = np.bincount(c.i, weights=residual, minlength=n)
+        # Weighted counts are float64 (asarray copies nothing); numpy's stubs say intp.
+        grad = np.asarray(np.bincount(c.i, weights=residual, minlength=n), dtype=np.float64)
         grad -= np.bincount(c.j, weights=residual, minlength=n)
         grad -= l2 * self.scores
         return grad, weights
@@ -413,10 +414,11 @@ class _Hessian:
     def update(self, *, weights: FloatArray, l2: float) -> None:
         c = self._comparisons
         n = c.n_items
-        diagonal = (
+        diagonal = np.asarray(  # float64 already: see gradient_and_weights
             np.bincount(c.i, weights=weights, minlength=n)
             + np.bincount(c.j, weights=weights, minlength=n)
-            + l2
+            + l2,
+            dtype=np.float64,
         )
         if self._pinned_pairs is not None:
             weights = np.where(self._pinned_pairs, 0.0, weights)

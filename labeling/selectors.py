@@ -79,7 +79,7 @@ def _keyset_page(
     prefix = first.removesuffix("_id")
     found = {
         values[0]: values[1:]
-        for values in model.objects.filter(pk__in={r[first] for r in rows}).values_list(
+        for values in model._default_manager.filter(pk__in={r[first] for r in rows}).values_list(
             "pk", *columns
         )
     }

@@ -425,6 +425,8 @@ def _assignment_for(
         raise NotFound(f"No lease with id {assignment_id!r}.", field="assignment")
     if not member:
         raise Forbidden(f"You are no longer a member of campaign '{own.slug}'.", field="assignment")
+    leased, expires = _datetime(leased_at), _datetime(expires_at)
+    assert leased is not None and expires is not None  # NOT NULL columns
     assignment = Assignment(
         id=lease_id,
         pair_id=pair_id,
@@ -432,8 +434,8 @@ def _assignment_for(
         campaign=own,
         status=status,
         a_on_left=bool(a_on_left),
-        leased_at=_datetime(leased_at),
-        expires_at=_datetime(expires_at),
+        leased_at=leased,
+        expires_at=expires,
     )
     assignment._state.adding = False
     assignment._state.db = connection.alias
@@ -617,6 +619,7 @@ def judgment_submit_and_lease_next(
     judgment = judgment_submit(
         annotator=annotator, assignment_id=assignment_id, choices=choices, duration_ms=duration_ms
     )
+    assert judgment.assignment is not None  # judgment_submit made it from this lease
     campaign = judgment.assignment.campaign
     try:
         lease = assignment_lease_next(annotator=annotator, campaign=campaign)

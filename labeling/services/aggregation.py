@@ -184,7 +184,8 @@ def _state_read(campaign_id: int, stale_before: Any) -> tuple[bool, bool] | None
     if connection.vendor == "postgresql":
         stale = timedelta(seconds=settings.AGGREGATION_DELAY_SECONDS) + PENDING_GRACE
         with connection.cursor() as cursor:
-            cursor.execute(_STATE_SQL, {"stale": stale, "campaign": campaign_id})
+            # psycopg sends a timedelta as an interval; the stubs' parameter types omit it.
+            cursor.execute(_STATE_SQL, {"stale": stale, "campaign": campaign_id})  # type: ignore[dict-item]
             row = cursor.fetchone()
         return None if row is None else (bool(row[0]), bool(row[1]))
     return (
@@ -525,7 +526,10 @@ def _compute(
         outcome = outcome_of[judgments.choices[criterion_id]]
         counted = ~np.isnan(outcome)
         total = np.bincount(of_pair[counted], minlength=pairs.size).astype(np.float64)
-        wins = np.bincount(of_pair[counted], weights=outcome[counted], minlength=pairs.size)
+        wins = np.asarray(  # float64 already (weighted); numpy's stubs say intp
+            np.bincount(of_pair[counted], weights=outcome[counted], minlength=pairs.size),
+            dtype=np.float64,
+        )
         judged = total > 0
         comparisons = bradley_terry.Comparisons(
             n_items=items.size,

@@ -143,7 +143,7 @@ def judgments_read(*, campaign_id: int, criteria: list[tuple[int, str]]) -> Judg
     )  # in no particular order: sums of halves and ones are exact in any order
     columns = [("pair", "i8"), ("item_a", "i8"), ("item_b", "i8")]
     columns += [(f"c{n}", "i2") for n in range(len(criteria))]
-    params = [campaign_id, Judgment.Status.ACTIVE]
+    params: list[int | str] = [campaign_id, Judgment.Status.ACTIVE]
     # A transaction of its own: the count and the stream then see one snapshot. (Inside a
     # caller's transaction the isolation is the caller's; a count that is off only costs a
     # larger buffer.)
