@@ -203,7 +203,11 @@ MEDIA_ACCEL_REDIRECT_PREFIX = env("MEDIA_ACCEL_REDIRECT_PREFIX", default="")
 
 # Per-process caches of tokens, campaigns and criteria, invalidated by PostgreSQL
 # notifications (feedback_app/process_cache.py). Off: every request reads the database.
-PROCESS_CACHES = env.bool("PROCESS_CACHES", default=True)
+# Their listener holds a LISTEN session, which PgBouncer in transaction mode does not keep:
+# off by default there.
+PROCESS_CACHES = env.bool(
+    "PROCESS_CACHES", default=not env.bool("DISABLE_SERVER_SIDE_CURSORS", default=False)
+)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
