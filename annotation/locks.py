@@ -26,6 +26,8 @@ from typing import Any
 
 from django.db import connection
 
+from feedback_app import sql
+
 from .errors import Forbidden
 from .models import Membership, Pair
 
@@ -36,9 +38,7 @@ from .models import Membership, Pair
 def _lock(table: str, where: str, params: dict[str, Any]) -> bool:
     """Lock the rows of `table` matching `where`; whether there were any."""
     suffix = " FOR NO KEY UPDATE" if connection.vendor == "postgresql" else ""
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT id FROM {table} WHERE {where}{suffix}", params)
-        return bool(cursor.fetchall())
+    return bool(sql.rows(f"SELECT id FROM {table} WHERE {where}{suffix}", params))
 
 
 def membership_lock(*, campaign_id: int, user_id: Any, slug: str) -> None:
