@@ -26,8 +26,6 @@ from typing import Any
 
 from django.db import connection
 
-from feedback_app import sql
-
 from .errors import Forbidden
 from .models import Membership, Pair
 
@@ -38,7 +36,9 @@ from .models import Membership, Pair
 def _lock(table: str, where: str, params: dict[str, Any]) -> bool:
     """Lock the rows of `table` matching `where`; whether there were any."""
     suffix = " FOR NO KEY UPDATE" if connection.vendor == "postgresql" else ""
-    return bool(sql.rows(f"SELECT id FROM {table} WHERE {where}{suffix}", params))
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT id FROM {table} WHERE {where}{suffix}", params)
+        return bool(cursor.fetchall())
 
 
 def membership_lock(*, campaign_id: int, user_id: Any, slug: str) -> None:

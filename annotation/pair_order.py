@@ -36,8 +36,7 @@ COMPLETE_FIRST_SPREAD = PairOrder(
     order_by="p.judgment_count DESC, p.spread_rank, p.id",
     # Not the group of the previous lease while another group has a free pair: the same
     # prompt six times running tires people and correlates their errors.
-    # (The cast: the statement is prepared with typed parameters; feedback_app/sql.py.)
-    tiers=("AND (CAST(%(last_group)s AS BIGINT) IS NULL OR p.group_key <> %(last_group)s)", ""),
+    tiers=("AND (%(last_group)s IS NULL OR p.group_key <> %(last_group)s)", ""),
 )
 
 COMPLETE_FIRST = PairOrder(

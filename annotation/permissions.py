@@ -22,10 +22,10 @@ from enum import IntEnum
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db import connection
 from django.db.models import Q, QuerySet
 from rest_framework import permissions
 
-from feedback_app import sql
 from feedback_app.process_cache import ProcessCache
 
 from .errors import Forbidden, NotFound, shown
@@ -93,7 +93,9 @@ def campaign_level(*, user: Any, campaign: Campaign) -> Need | None:
         return Need.OWN
     if not getattr(user, "is_authenticated", False) or not getattr(user, "is_active", False):
         return None
-    role, member = sql.row(_LEVEL_SQL, {"campaign": campaign.pk, "user": user.pk})
+    with connection.cursor() as cursor:
+        cursor.execute(_LEVEL_SQL, {"campaign": campaign.pk, "user": user.pk})
+        role, member = cursor.fetchone()
     if role == CampaignRole.Role.OWNER:
         return Need.OWN
     if role == CampaignRole.Role.MANAGER:

@@ -18,7 +18,6 @@ from django.db import connection, connections, transaction
 from django.db.models import Count, Max, QuerySet
 from django.db.models.functions import Now
 
-from feedback_app import sql
 from feedback_app.process_cache import ProcessCache
 
 from . import permissions
@@ -189,14 +188,16 @@ def assignment_with_items(assignment: Assignment) -> Assignment:
     """`assignment` (a lease just taken, with its campaign) given its pair, both items and
     the prompt, in one statement written as SQL (it runs on every lease)."""
     n_pair, n_item = len(Pair._meta.concrete_fields), len(Item._meta.concrete_fields)
-    statement = (
+    sql = (
         f"SELECT {_columns(Pair, 'p')}, {_columns(Item, 'ia')}, {_columns(Item, 'ib')}, "
         f"{_columns(Prompt, 'pr')} FROM {Pair._meta.db_table} p "
         f"JOIN {Item._meta.db_table} ia ON ia.id = p.item_a_id "
         f"JOIN {Item._meta.db_table} ib ON ib.id = p.item_b_id "
         f"LEFT JOIN {Prompt._meta.db_table} pr ON pr.id = ia.prompt_id WHERE p.id = %s"
     )
-    row = sql.row(statement, [assignment.pair_id])
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [assignment.pair_id])
+        row = cursor.fetchone()
     if row is None:
         raise Pair.DoesNotExist(f"pair {assignment.pair_id}")
     pair = _instance(Pair, row[:n_pair])

@@ -36,8 +36,6 @@ from django.db.models import F
 from django.db.models.functions import Now
 from django.utils.dateparse import parse_datetime
 
-from feedback_app import sql
-
 from ..errors import (
     AlreadyJudged,
     CampaignNotActive,
@@ -141,10 +139,12 @@ WHERE p.id = %(pair)s
 
 def _slot_state(*, pair_id: int, annotator_id: Any, lease_id: int | None = None) -> SlotState:
     """Call holding the pair's lock (locks.pair_lock), in a statement of its own."""
-    row = sql.row(
-        _SLOT_STATE_SQL.format(now=_now_sql(), **_TABLES),
-        {"me": annotator_id, "lease": lease_id, "pair": pair_id},
-    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _SLOT_STATE_SQL.format(now=_now_sql(), **_TABLES),
+            {"me": annotator_id, "lease": lease_id, "pair": pair_id},
+        )
+        row = cursor.fetchone()
     now = _datetime(row[11])
     assert now is not None
     return SlotState(
@@ -206,10 +206,12 @@ def assignment_lease_next(*, annotator: AbstractBaseUser, campaign: Campaign) ->
             # Serialises this annotator's simultaneous requests (two tabs, a double click):
             # the second sees the lease the first took instead of taking another.
             membership_lock(campaign_id=campaign.pk, user_id=annotator.pk, slug=campaign.slug)
-            held, last_group, status = sql.row(
-                _HELD_SQL.format(now=_now_sql(), **_TABLES),
-                {"me": annotator.pk, "campaign": campaign.pk},
-            )
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    _HELD_SQL.format(now=_now_sql(), **_TABLES),
+                    {"me": annotator.pk, "campaign": campaign.pk},
+                )
+                held, last_group, status = cursor.fetchone()
             if status != Campaign.Status.ACTIVE:
                 raise CampaignNotActive(
                     f"Campaign '{campaign.slug}' is {status}; it takes no judgments now."
@@ -287,18 +289,20 @@ def _candidate(
     if skip_locked and connection.features.has_select_for_update_skip_locked:
         lock = "FOR NO KEY UPDATE OF p SKIP LOCKED"
     # SQLite has no row locks and serialises writers instead (feedback_app/embedded.py).
-    for tier in order.tiers:
-        statement = _CANDIDATE_SQL.format(
-            now=_now_sql(),
-            tier=tier,
-            exclude=exclude,
-            order=order.order_by,
-            lock=lock,
-            **_TABLES,
-        )
-        row = sql.row(statement, params)
-        if row is not None:
-            return int(row[0])
+    with connection.cursor() as cursor:
+        for tier in order.tiers:
+            sql = _CANDIDATE_SQL.format(
+                now=_now_sql(),
+                tier=tier,
+                exclude=exclude,
+                order=order.order_by,
+                lock=lock,
+                **_TABLES,
+            )
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+            if row is not None:
+                return int(row[0])
     return None
 
 
@@ -349,18 +353,20 @@ def _lease_take(
     if connection.vendor == "postgresql":
         # The annotator's last prompt and the new lease in one statement: this is the write
         # of every lease.
-        (lease.pk,) = sql.row(
-            _LEASE_WRITE_SQL.format(**_TABLES),
-            {
-                "group": state.group_key,
-                "campaign": campaign.pk,
-                "me": annotator.pk,
-                "pair": pair_id,
-                "a_on_left": lease.a_on_left,
-                "now": state.now,
-                "expires": expires_at,
-            },
-        )
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _LEASE_WRITE_SQL.format(**_TABLES),
+                {
+                    "group": state.group_key,
+                    "campaign": campaign.pk,
+                    "me": annotator.pk,
+                    "pair": pair_id,
+                    "a_on_left": lease.a_on_left,
+                    "now": state.now,
+                    "expires": expires_at,
+                },
+            )
+            lease.pk = cursor.fetchone()[0]
         lease._state.adding = False
         lease._state.db = connection.alias
         return lease
@@ -401,7 +407,9 @@ def _assignment_for(
             raise ValueError(lease_id)
     except (ValueError, TypeError):
         raise NotFound(f"No lease with id {assignment_id!r}.", field="assignment") from None
-    row = sql.row(_LEASE_SQL.format(**_TABLES), {"id": lease_id})
+    with connection.cursor() as cursor:
+        cursor.execute(_LEASE_SQL.format(**_TABLES), {"id": lease_id})
+        row = cursor.fetchone()
     if row is None:
         raise NotFound(f"No lease with id {assignment_id!r}.", field="assignment")
     pair_id, annotator_id, campaign_id, status, a_on_left, leased_at, expires_at, member = row
@@ -563,18 +571,20 @@ def _judgment_write(judgment: Judgment) -> None:
     On PostgreSQL one statement (the write of every judgment); all of it or none, so a
     duplicate refused by the unique (pair, annotator) constraint changes nothing."""
     if connection.vendor == "postgresql":
-        judgment.pk, judgment.created_at = sql.row(
-            _JUDGMENT_WRITE_SQL.format(**_TABLES),
-            {
-                "pair": judgment.pair_id,
-                "me": judgment.annotator_id,
-                "campaign": judgment.campaign_id,
-                "assignment": judgment.assignment_id,
-                "choices": json.dumps(judgment.choices),
-                "shown_left": judgment.shown_left_id,
-                "duration": judgment.duration_ms,
-            },
-        )
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _JUDGMENT_WRITE_SQL.format(**_TABLES),
+                {
+                    "pair": judgment.pair_id,
+                    "me": judgment.annotator_id,
+                    "campaign": judgment.campaign_id,
+                    "assignment": judgment.assignment_id,
+                    "choices": json.dumps(judgment.choices),
+                    "shown_left": judgment.shown_left_id,
+                    "duration": judgment.duration_ms,
+                },
+            )
+            judgment.pk, judgment.created_at = cursor.fetchone()
         judgment._state.adding = False
         judgment._state.db = connection.alias
         return

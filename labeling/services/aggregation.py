@@ -35,7 +35,6 @@ from django.db import (
 from django.db.models import BooleanField, Exists, ExpressionWrapper, F, Max, OuterRef, Q
 from django.db.models.functions import Now
 
-from feedback_app import sql
 from feedback_app.celery import app as celery_app
 
 from .. import bradley_terry, task_names
@@ -184,7 +183,10 @@ def _state_read(campaign_id: int, stale_before: Any) -> tuple[bool, bool] | None
     the one read every judgment pays after its commit."""
     if connection.vendor == "postgresql":
         stale = timedelta(seconds=settings.AGGREGATION_DELAY_SECONDS) + PENDING_GRACE
-        row = sql.row(_STATE_SQL, {"stale": stale, "campaign": campaign_id})
+        with connection.cursor() as cursor:
+            # psycopg sends a timedelta as an interval; the stubs' parameter types omit it.
+            cursor.execute(_STATE_SQL, {"stale": stale, "campaign": campaign_id})  # type: ignore[dict-item]
+            row = cursor.fetchone()
         return None if row is None else (bool(row[0]), bool(row[1]))
     return (
         AggregationState.objects.filter(campaign_id=campaign_id)
