@@ -55,11 +55,16 @@ class AggregationState(models.Model):
 class ItemScore(models.Model):
     """Bradley-Terry score of an item under one criterion."""
 
-    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="scores")
-    criterion = models.ForeignKey(Criterion, on_delete=models.CASCADE, related_name="+")
-    # Indexed by item_score_page below, which starts with it.
+    # A run inserts a row per item and criterion (100k items: 100k rows), so each index and
+    # foreign-key check costs: the item is indexed by item_score_unique, which starts with
+    # it, and the campaign by item_score_page; the criterion and the campaign, implied by
+    # the item, are kept by Django's cascade rather than a per-row check in the database.
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="scores", db_index=False)
+    criterion = models.ForeignKey(
+        Criterion, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False
+    )
     campaign = models.ForeignKey(
-        Campaign, on_delete=models.CASCADE, related_name="+", db_index=False
+        Campaign, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False
     )
     score = models.FloatField()
     comparisons = models.PositiveIntegerField(default=0)
@@ -83,11 +88,14 @@ class PairLabel(models.Model):
     """Soft label of a pair under one criterion: the share of counted judgments preferring
     item_a (a tie is half each way), and how many judgments it rests on."""
 
-    pair = models.ForeignKey(Pair, on_delete=models.CASCADE, related_name="labels")
-    criterion = models.ForeignKey(Criterion, on_delete=models.CASCADE, related_name="+")
-    # Indexed by pair_label_page below, which starts with it.
+    # As ItemScore: one row per judged pair and criterion, so the pair is indexed only by
+    # pair_label_unique, and the criterion and campaign are kept by Django's cascade.
+    pair = models.ForeignKey(Pair, on_delete=models.CASCADE, related_name="labels", db_index=False)
+    criterion = models.ForeignKey(
+        Criterion, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False
+    )
     campaign = models.ForeignKey(
-        Campaign, on_delete=models.CASCADE, related_name="+", db_index=False
+        Campaign, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False
     )
     prefer_a = models.FloatField()
     count = models.PositiveIntegerField()

@@ -158,21 +158,28 @@ def test_a_failed_enqueue_leaves_the_snapshot_for_the_sweep(
 ):
     from kombu.exceptions import OperationalError
 
+    from labeling import task_names
+    from labeling.services import exports as exports_service
     from labeling.services.exports import export_snapshot_requeue_lost
-    from labeling.tasks import build_export_snapshot
 
     def broker_down(*args, **kwargs):
         raise OperationalError("Error 111 connecting to redis")
 
     campaign = text_campaign(n_prompts=2, responses=2)
-    monkeypatch.setattr(build_export_snapshot, "delay", broker_down)
+    # The service sends the task by name through the Celery app (labeling/task_names.py).
+    monkeypatch.setattr(exports_service.celery_app, "send_task", broker_down)
     client.force_login(staff)
     r = client.post(f"/api/v1/campaigns/{campaign.slug}/exports/")
     assert r.status_code == 202 and r.json()["status"] == "pending"
     snapshot = ExportSnapshot.objects.get()
     assert snapshot.enqueued_at is None  # never sent: the next sweep sends it
     sent = []
-    monkeypatch.setattr(build_export_snapshot, "delay", sent.append)
+
+    def send_task(name, args=(), **kwargs):
+        assert name == task_names.BUILD_EXPORT_SNAPSHOT
+        sent.append(args[0])
+
+    monkeypatch.setattr(exports_service.celery_app, "send_task", send_task)
     assert export_snapshot_requeue_lost() == [snapshot.pk] and sent == [snapshot.pk]
     snapshot.refresh_from_db()
     assert snapshot.status == "pending" and snapshot.enqueued_at is not None
