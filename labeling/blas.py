@@ -5,7 +5,7 @@ has cores. A worker process that shares those cores with other workers (the Proc
 two on the labels queue) then has its threads wait for each other: the Bradley-Terry fit,
 whose BLAS calls are dot products and norms over score vectors, measured twice as slow with
 the default threads as with one when another process ran beside it
-(docs/benchmarks-bt.md). So the aggregation task runs its fit with a deliberate number.
+(docs/benchmarks.md, "Bradley–Terry fit"). So the aggregation task runs its fit with a deliberate number.
 
 The count is set through OpenBLAS's own entry point (what threadpoolctl does), found among
 the libraries this process has mapped; OPENBLAS_NUM_THREADS would have to be set before

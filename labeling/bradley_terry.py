@@ -72,7 +72,7 @@ sit on the flat top of the held-out likelihood.
 Why the evidence rather than held-out likelihood: cross-validation needs K fits per
 candidate l2 and picks l2 from a noisy curve; the evidence needs the one fit plus a trace
 estimate per round, is deterministic, and on the synthetic noisy-annotator benchmark
-(docs/benchmarks-bt.md) lands on the flat top of the held-out likelihood curve. A
+(docs/benchmarks.md, "Bradley–Terry fit") lands on the flat top of the held-out likelihood curve. A
 campaign can always override it with an explicit l2.
 
 Pure numpy/scipy; no Django imports, so it can be used from workers, scripts and tests.

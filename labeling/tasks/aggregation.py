@@ -15,7 +15,7 @@ from ..services import aggregation_requeue_stale, aggregation_run
 
 # BLAS threads of a run's fit. One: its BLAS calls are dot products over score vectors,
 # which gain little from threads, and the workers on the labels queue share the cores
-# (labeling/blas.py, docs/benchmarks-bt.md).
+# (labeling/blas.py, docs/benchmarks.md, "Bradley–Terry fit").
 AGGREGATION_BLAS_THREADS = 1
 
 
