@@ -372,6 +372,7 @@ class ScoresView(ManagerView):
                 # iterate, applied but not to be trusted blindly.
                 "fit_converged": state.fit_converged if state else None,
                 "fit_iterations": state.fit_iterations if state else 0,
+                "fit_l2": state.fit_l2 if state else {},
                 "scores": [
                     {
                         "item": r["item_id"],

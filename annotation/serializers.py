@@ -261,6 +261,11 @@ class ScoresOutputSerializer(serializers.Serializer):
     judgments_used = serializers.IntegerField()
     fit_converged = serializers.BooleanField(allow_null=True)
     fit_iterations = serializers.IntegerField()
+    fit_l2 = serializers.DictField(
+        child=serializers.FloatField(),
+        help_text="Per criterion, the prior strength the fit used: the campaign's l2_prior, "
+        "or chosen from the judgments by the Laplace evidence (labeling/bradley_terry.py).",
+    )
     scores = ScoreOutputSerializer(many=True)
     next = serializers.URLField(allow_null=True, help_text="The next page; null on the last.")
 

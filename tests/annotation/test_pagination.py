@@ -114,6 +114,9 @@ def test_scores_page_carries_the_fit_state(judged):
     campaign, api, _ = judged
     body = api.get(f"/api/v1/campaigns/{campaign.slug}/scores/?limit=5").json()
     assert body["judgments_used"] == 240 and body["updated_at"] is not None
+    # The prior's strength, chosen from the judgments (the campaign sets none).
+    assert set(body["fit_l2"]) == {"overall", "honesty"}
+    assert all(value > 0 for value in body["fit_l2"].values())
     assert body["next"].startswith("http://testserver/api/v1/campaigns/")
     assert "after_item=" in body["next"] and "after_criterion=" in body["next"]
 
