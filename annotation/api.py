@@ -30,7 +30,7 @@ from labeling import services as labeling_services
 from . import selectors, services
 from .api_errors import too_large
 from .errors import NotFound, ServiceError, shown
-from .models import Campaign
+from .models import Campaign, choices_as_shown
 from .parsers import chunked_body_buffer
 from .permissions import (
     CampaignPermission,
@@ -60,7 +60,6 @@ from .serializers import (
     SkipInSerializer,
     SkipOutputSerializer,
     assignment_payload,
-    choices_as_shown,
 )
 
 

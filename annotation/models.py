@@ -7,17 +7,22 @@ make the database refuse the cascade too.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models.functions import Now
+from django.urls import reverse
 
 from .clip_check import validate_clip
+from .pair_order import PAIR_ORDERS
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -42,6 +47,12 @@ class Choice(models.TextChoices):
     B = "b", "item B"
     TIE = "tie", "tie"
     BOTH_BAD = "both_bad", "both bad"
+
+
+def choices_as_shown(choices: dict[str, str], *, a_on_left: bool) -> dict[str, str]:
+    """Canonical choices ("a" = the pair's first item) as the annotator saw the sides."""
+    sides = {"a": "left", "b": "right"} if a_on_left else {"a": "right", "b": "left"}
+    return {slug: sides.get(value, value) for slug, value in choices.items()}
 
 
 class Campaign(models.Model):
@@ -124,10 +135,6 @@ class Campaign(models.Model):
         return self.lease_seconds * 1000 // 3
 
     def clean(self) -> None:
-        from django.core.exceptions import ValidationError
-
-        from .pair_order import PAIR_ORDERS
-
         if self.pair_order not in PAIR_ORDERS:
             raise ValidationError(
                 {"pair_order": f"Unknown pair order; use one of: {', '.join(PAIR_ORDERS)}."}
@@ -306,8 +313,6 @@ class Item(FrozenWhenJudged):
     def clip_url(self) -> str:
         """The clip through the access-checking media view, whatever the storage: an object
         store's own URL would skip the membership check."""
-        from django.urls import reverse
-
         return reverse("media", args=[self.clip.name]) if self.clip else ""
 
 
@@ -316,8 +321,6 @@ def pair_group_key(item: Item) -> int:
     and episode (trajectory) folded into a stable 63-bit number."""
     if item.prompt_id is not None:
         return int(item.prompt_id)
-    import hashlib
-
     digest = hashlib.blake2b(f"{item.dataset}\x00{item.episode}".encode(), digest_size=8)
     return int.from_bytes(digest.digest(), "big") >> 1
 
@@ -368,8 +371,6 @@ class Pair(FrozenWhenJudged):
     def clean(self) -> None:
         """For forms (the admin): put the items in canonical order and check they belong
         together. The bulk import applies the same rules."""
-        from django.core.exceptions import ValidationError
-
         if self.item_a_id is None or self.item_b_id is None:
             return
         if self.item_a_id == self.item_b_id:
@@ -392,8 +393,6 @@ def pairs_prepare(pairs: list[Pair]) -> list[Pair]:
     """Fill group_key and spread_rank of new pairs (before a save or bulk_create): the n-th
     pair of a group gets rank n, counting the group's pairs already stored, so ordering by
     rank hands out every group's first pair before any group's second."""
-    from collections import Counter
-
     items = Item.objects.in_bulk({p.item_a_id for p in pairs})
     for pair in pairs:
         pair.group_key = pair_group_key(items[pair.item_a_id])
@@ -485,7 +484,10 @@ class Judgment(models.Model):
     shown_left = models.ForeignKey(Item, on_delete=models.PROTECT, related_name="+")
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
-    # Database time at the start of the inserting transaction (see JUDGMENT_SETTLE_SECONDS).
+    # The database's time when the inserting statement started (STATEMENT_TIMESTAMP() on
+    # PostgreSQL, which is also what Now() compiles to; not the transaction's start). The
+    # judgment commits a few statements later, within the same short transaction; readers
+    # that page by id wait JUDGMENT_SETTLE_SECONDS past it (selectors.judgments_page).
     created_at = models.DateTimeField(db_default=Now())
 
     objects = JudgmentQuerySet.as_manager()

@@ -17,11 +17,22 @@ from django.core.cache import cache
 from django.db import connection, connections, transaction
 from django.db.models import Count, Max, QuerySet
 from django.db.models.functions import Now
+from psycopg.adapt import Loader
 
 from feedback_app.process_cache import ProcessCache
 
 from . import permissions
-from .models import Assignment, Campaign, Criterion, Item, Judgment, Pair, Prompt, Skip
+from .models import (
+    Assignment,
+    Campaign,
+    Criterion,
+    Item,
+    Judgment,
+    Pair,
+    Prompt,
+    Skip,
+    choices_as_shown,
+)
 
 # Rows per keyset page of an export at most (see EXPORT_PAGE_BYTES for PostgreSQL).
 EXPORT_PAGE = 50000
@@ -236,8 +247,9 @@ def judgments_page(
 ) -> list[dict[str, Any]]:
     """Judgments with id > after, oldest first, for incremental pulls.
 
-    Only rows whose transaction began at least JUDGMENT_SETTLE_SECONDS ago are returned, so
-    a row with a lower id that is still committing is never jumped over by the cursor.
+    Only rows inserted at least JUDGMENT_SETTLE_SECONDS ago (by the database's clock) are
+    returned, so a row with a lower id whose transaction is still committing is never
+    jumped over by the cursor.
     With `every` (a manager's view) all rows with every field; otherwise only the viewer's
     own, without ids.
     """
@@ -265,8 +277,6 @@ def judgments_page(
     if not every:
         # An annotator's own work, without the ids and canonical orientation that would
         # reveal import order: choices as they saw the sides.
-        from .serializers import choices_as_shown
-
         return [
             {
                 "id": r["id"],
@@ -443,7 +453,6 @@ def _pseudonym_sql(column: str) -> str:
 def _bytes_loader() -> type:
     """A psycopg loader that hands over text as bytes: rows are sent as they are, never
     decoded and encoded again."""
-    from psycopg.adapt import Loader
 
     class BytesLoader(Loader):
         def load(self, data: Any) -> bytes:

@@ -128,12 +128,6 @@ def assignment_payload(assignment: Assignment) -> dict:
     }
 
 
-def choices_as_shown(choices: dict[str, str], *, a_on_left: bool) -> dict[str, str]:
-    """Canonical choices ("a" = the pair's first item) as the annotator saw the sides."""
-    sides = {"a": "left", "b": "right"} if a_on_left else {"a": "right", "b": "left"}
-    return {slug: sides.get(value, value) for slug, value in choices.items()}
-
-
 # Output and row serializers: they describe the API's bodies for the OpenAPI schema
 # (STYLE.md rule 15). The views build their responses with the functions above and the
 # services validate the rows; these only say what goes in and comes out.

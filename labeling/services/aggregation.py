@@ -35,6 +35,7 @@ from django.db import (
 from django.db.models import BooleanField, Exists, ExpressionWrapper, F, Max, OuterRef, Q
 from django.db.models.functions import Now
 
+from annotation.models import Campaign, Judgment
 from feedback_app.celery import app as celery_app
 
 from .. import bradley_terry, task_names
@@ -286,8 +287,6 @@ def aggregation_requeue_stale() -> list[int]:
     debounce is long over -- and renews the flag, so it enqueues a campaign once per
     staleness period, not every sweep.
     """
-    from annotation.models import Campaign, Judgment
-
     stale_before = _stale_before()
     newer_judgments = Exists(
         Judgment.objects.filter(
@@ -380,8 +379,6 @@ def aggregation_run(*, campaign_id: int, only_if_owed: bool = False) -> RunOutco
 
 
 def _run_holding_lock(*, campaign_id: int, only_if_owed: bool) -> RunOutcome:
-    from annotation.models import Campaign, Judgment
-
     with transaction.atomic():
         state, _ = AggregationState.objects.select_for_update().get_or_create(
             campaign_id=campaign_id
@@ -506,8 +503,6 @@ def _compute(
     *, campaign: Any, criteria: list[tuple[int, str]], judgments: Judgments
 ) -> tuple[Results, Results, list[tuple[str, bradley_terry.Fit]]]:
     """Scores (one row per compared item) and pair labels of every criterion, as arrays."""
-    from annotation.models import Campaign
-
     outcome_of = _OUTCOME_OF_CODE.copy()
     if campaign.both_bad_counts_as == Campaign.BothBad.TIE:
         outcome_of[_BOTH_BAD] = 0.5

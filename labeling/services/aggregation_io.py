@@ -25,6 +25,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from django.db import connection, transaction
+from django.utils import timezone
+
+from annotation.models import Judgment, Pair
 
 from ..models import ItemScore, PairLabel
 
@@ -125,8 +128,6 @@ class Judgments:
 def judgments_read(*, campaign_id: int, criteria: list[tuple[int, str]]) -> Judgments:
     """The campaign's active judgments as arrays, counted and streamed in one snapshot
     (REPEATABLE READ), so that the count that sizes the buffers is that of the stream."""
-    from annotation.models import Judgment, Pair
-
     postgres = connection.vendor == "postgresql"
     choice_columns, choice_params = [], []
     for n, (_, slug) in enumerate(criteria):
@@ -297,8 +298,6 @@ def results_apply(*, table: _Table, campaign_id: int, new: Results) -> dict[str,
     """Make the campaign's stored rows of ``table`` equal ``new``, writing only the rows that
     differ. Returns how many rows were updated, inserted and deleted. Call inside the
     transaction that holds the campaign's AggregationState row lock."""
-    from django.utils import timezone
-
     stored_ids, stored = _stored(table, campaign_id)
     staged = _changes(table, new, stored_ids, stored)
     counts = {

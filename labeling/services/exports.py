@@ -24,6 +24,7 @@ from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import F, Q, QuerySet
 from django.db.models.functions import Now
 
+from annotation.selectors import judgment_export
 from feedback_app.celery import app as celery_app
 
 from .. import task_names
@@ -198,8 +199,6 @@ class _Heartbeat:
 
 def _write(snapshot_id: int, attempt: int) -> None:
     """Build the file of a claimed snapshot and record it, if the snapshot is still ours."""
-    from annotation.selectors import judgment_export
-
     snapshot = ExportSnapshot.objects.select_related("campaign").get(pk=snapshot_id)
     with (
         _Heartbeat(snapshot_id=snapshot_id, attempt=attempt) as heartbeat,
