@@ -195,30 +195,30 @@ def _instance(model: Any, values: Sequence[Any]) -> Any:
     return model.from_db(connection.alias, [f.attname for f in fields], converted)
 
 
-def assignment_with_items(assignment: Assignment) -> Assignment:
-    """`assignment` (a lease just taken, with its campaign) given its pair, both items and
-    the prompt, in one statement written as SQL (it runs on every lease)."""
-    n_pair, n_item = len(Pair._meta.concrete_fields), len(Item._meta.concrete_fields)
-    sql = (
+def pair_with_items_sql(*, pair_ids: str) -> str:
+    """SQL for the pairs whose ids the SQL `pair_ids` gives (a subquery with column `id`),
+    with both items and the prompt, in the columns `pair_with_items` decodes."""
+    return (
         f"SELECT {_columns(Pair, 'p')}, {_columns(Item, 'ia')}, {_columns(Item, 'ib')}, "
-        f"{_columns(Prompt, 'pr')} FROM {Pair._meta.db_table} p "
+        f"{_columns(Prompt, 'pr')} FROM ({pair_ids}) chosen "
+        f"JOIN {Pair._meta.db_table} p ON p.id = chosen.id "
         f"JOIN {Item._meta.db_table} ia ON ia.id = p.item_a_id "
         f"JOIN {Item._meta.db_table} ib ON ib.id = p.item_b_id "
-        f"LEFT JOIN {Prompt._meta.db_table} pr ON pr.id = ia.prompt_id WHERE p.id = %s"
+        f"LEFT JOIN {Prompt._meta.db_table} pr ON pr.id = ia.prompt_id"
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [assignment.pair_id])
-        row = cursor.fetchone()
-    if row is None:
-        raise Pair.DoesNotExist(f"pair {assignment.pair_id}")
+
+
+def pair_with_items(row: Sequence[Any]) -> Pair:
+    """The Pair, with item_a (and its prompt) and item_b loaded, from a row of
+    `pair_with_items_sql`."""
+    n_pair, n_item = len(Pair._meta.concrete_fields), len(Item._meta.concrete_fields)
     pair = _instance(Pair, row[:n_pair])
     item_a = _instance(Item, row[n_pair : n_pair + n_item])
     item_b = _instance(Item, row[n_pair + n_item : n_pair + 2 * n_item])
     if row[n_pair + 2 * n_item] is not None:
         item_a.prompt = _instance(Prompt, row[n_pair + 2 * n_item :])
     pair.item_a, pair.item_b = item_a, item_b
-    assignment.pair = pair
-    return assignment
+    return pair
 
 
 _criteria: ProcessCache[list[str]] = ProcessCache("criteria", max_age=300.0)

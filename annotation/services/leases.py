@@ -51,7 +51,7 @@ from ..locks import membership_lock, pair_lock
 from ..models import Assignment, Campaign, Choice, Judgment, Membership, Pair, Skip
 from ..pair_order import pair_order_for
 from ..permissions import campaign_by_id
-from ..selectors import assignment_detail, assignment_with_items, criteria_slugs
+from ..selectors import assignment_detail, criteria_slugs, pair_with_items, pair_with_items_sql
 
 SIDE_CHOICES = ("left", "right")
 # What an annotator answers: a side as shown, or a verdict on both. Never the stored "a"/"b":
@@ -177,6 +177,9 @@ SELECT
   (SELECT c.status FROM {campaign} c WHERE c.id = %(campaign)s)
 """
 
+# The first free-looking pair in the campaign's order, locked (SKIP LOCKED) when asked,
+# returned with both items and the prompt (selectors.pair_with_items_sql): the lease needs
+# them, and this saves a statement on every lease.
 _CANDIDATE_SQL = """
 SELECT p.id FROM {pair} p
 WHERE p.campaign_id = %(campaign)s AND p.judgment_count < %(k)s {tier} {exclude}
@@ -222,10 +225,9 @@ def assignment_lease_next(*, annotator: AbstractBaseUser, campaign: Campaign) ->
         # _RESTART: this transaction held the locks of pairs found full, and the next step
         # waits for a pair: the commit above (nothing was written) released them first.
         if leased is not _RESTART:
-            if leased is None:
-                return None
-            leased.campaign = campaign
-            return assignment_with_items(leased)
+            if leased is not None:
+                leased.campaign = campaign
+            return leased
 
 
 _RESTART = object()
@@ -234,7 +236,8 @@ _RESTART = object()
 def _lease_scan(
     campaign: Campaign, annotator: AbstractBaseUser, last_group: Any, tried: list[int]
 ) -> Any:
-    """Lease the first free pair: an Assignment, None when nothing is left, or _RESTART.
+    """Lease the first free pair: an Assignment (with its pair, items and prompt), None
+    when nothing is left, or _RESTART.
 
     A candidate found full once locked stays locked until the transaction ends (there is no
     savepoint per candidate: two statements saved on every lease). That is harmless to
@@ -243,20 +246,21 @@ def _lease_scan(
     holding no pair."""
     holding = False
     while True:
-        pair_id = _candidate(campaign, annotator, last_group, tried, skip_locked=True)
-        if pair_id is None:
+        pair = _candidate(campaign, annotator, last_group, tried, skip_locked=True)
+        if pair is None:
             if holding:
                 return _RESTART
             # Every free pair may be locked for an instant by other requests: that is not
             # "nothing left". Pick one without locking, then wait for it.
-            pair_id = _candidate(campaign, annotator, last_group, tried, skip_locked=False)
-            if pair_id is None:
+            pair = _candidate(campaign, annotator, last_group, tried, skip_locked=False)
+            if pair is None:
                 return None
-            pair_lock(pair_id=pair_id)
-        leased = _lease_take(campaign=campaign, annotator=annotator, pair_id=pair_id)
+            pair_lock(pair_id=pair.pk)
+        leased = _lease_take(campaign=campaign, annotator=annotator, pair_id=pair.pk)
         if leased is not None:
+            leased.pair = pair  # with its items and prompt, read by the candidate statement
             return leased
-        tried.append(pair_id)
+        tried.append(pair.pk)
         holding = True
 
 
@@ -267,7 +271,7 @@ def _candidate(
     tried: list[int],
     *,
     skip_locked: bool,
-) -> int | None:
+) -> Pair | None:
     """The first pair in the campaign's order that looks free for the annotator, trying the
     order's preference tiers in turn. With `skip_locked` (PostgreSQL) the row is locked and
     rows locked by others are passed over; without, nothing is locked.
@@ -299,10 +303,10 @@ def _candidate(
                 lock=lock,
                 **_TABLES,
             )
-            cursor.execute(sql, params)
+            cursor.execute(pair_with_items_sql(pair_ids=sql), params)
             row = cursor.fetchone()
             if row is not None:
-                return int(row[0])
+                return pair_with_items(row)
     return None
 
 

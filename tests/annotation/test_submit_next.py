@@ -92,7 +92,7 @@ def test_statements_per_judgment_stay_few(api):
     assert r.status_code == 201 and r.json()["next"] is not None
     statements = [q["sql"] for q in ctx.captured_queries]
     # Submit: token 1, lease 1, campaign 1, criteria 1, lock + fresh read + write 3; lease:
-    # membership lock, held, candidate, fresh read, write, items 6, criteria 1; and the
-    # test transaction's two savepoints. With warm caches (tests/test_process_cache.py) the
-    # token, campaign and criteria reads go.
-    assert len(statements) <= 18, "\n".join(statements)
+    # membership lock, held, candidate with its items, fresh read, write 5, criteria 1; and
+    # the test transaction's two savepoints. With warm caches (tests/test_process_cache.py)
+    # the token, campaign and criteria reads go.
+    assert len(statements) <= 17, "\n".join(statements)
