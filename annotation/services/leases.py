@@ -272,9 +272,10 @@ def _candidate(
     *,
     skip_locked: bool,
 ) -> Pair | None:
-    """The first pair in the campaign's order that looks free for the annotator, trying the
-    order's preference tiers in turn. With `skip_locked` (PostgreSQL) the row is locked and
-    rows locked by others are passed over; without, nothing is locked.
+    """The first pair in the campaign's order that looks free for the annotator, with both
+    items and the prompt, trying the order's preference tiers in turn. With `skip_locked`
+    (PostgreSQL) the row is locked and rows locked by others are passed over; without,
+    nothing is locked.
 
     Written as SQL: this runs on every lease and the ORM spent longer building the statement
     than PostgreSQL spends running it (the pair_lease_order index serves the ORDER BY)."""
