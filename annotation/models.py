@@ -574,7 +574,7 @@ class Episode(models.Model):
     truncated = models.BooleanField()
 
     class Meta:
-        ordering = ["dataset", "index"]
+        ordering = ["dataset_id", "index"]  # the id: no join for the dataset's own ordering
         constraints = [
             models.UniqueConstraint(fields=["dataset", "index"], name="episode_index_unique")
         ]

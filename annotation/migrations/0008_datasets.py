@@ -43,7 +43,7 @@ class Migration(migrations.Migration):
                 ('dataset', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='episodes', to='annotation.dataset')),
             ],
             options={
-                'ordering': ['dataset', 'index'],
+                'ordering': ['dataset_id', 'index'],
                 'constraints': [models.UniqueConstraint(fields=('dataset', 'index'), name='episode_index_unique')],
             },
         ),

@@ -45,7 +45,9 @@ def dataset_import(*, path: Path, source_format: str, name: str, env_id: str = "
     Raises ServiceError (bad input, naming the field and row) or Conflict (the name is taken).
     """
     name = dataset_name_clean(name=name)
-    env_id = " ".join(env_id.split())[:200]
+    env_id = " ".join(env_id.split())
+    if len(env_id) > NAME_MAX:
+        raise ServiceError(f"The environment id is over {NAME_MAX} characters.", field="env")
     if Dataset.objects.filter(name=name).exists():
         raise Conflict(f"A dataset named {name!r} exists already.", field="name")
     root = Path(settings.DATASETS_ROOT)

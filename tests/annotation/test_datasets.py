@@ -345,3 +345,15 @@ def test_admin_read_only_for_staff_with_view_permission(root, tmp_path, client):
     assert client.get("/admin/annotation/dataset/add/").status_code == 403
     assert client.post(f"/admin/annotation/dataset/{dataset.pk}/delete/").status_code == 403
     assert Dataset.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_compressed_npz(root, tmp_path, monkeypatch):
+    monkeypatch.setattr(dataset_io, "CHUNK_ROWS", 6)
+    data = arrays()
+    np.savez_compressed(tmp_path / "c.npz", **data)
+    dataset = services.dataset_import(path=tmp_path / "c.npz", source_format="npz", name="c")
+    for name, values in data.items():
+        np.testing.assert_array_equal(
+            dataset_io.field_open(directory=dataset.path, name=name), values
+        )
