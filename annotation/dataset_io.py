@@ -19,6 +19,7 @@ Episodes end at a row whose ``terminals`` or ``timeouts`` is true (that row is t
 last). Rows after the last such boundary form a final episode marked truncated (the source
 stopped mid-episode), not terminated.
 
+The size limit holds for the source file and for the arrays it holds once uncompressed.
 Every value is checked before the caller keeps anything: lengths agree, numbers are finite,
 flags are 0/1. An error names the field and, where it is about a value, the first bad row.
 """
@@ -129,12 +130,19 @@ def _npz_member_reader(
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(probe)
         else:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(probe)
+        header_bytes = probe.tell()
     if dtype.hasobject:
         raise DatasetError(f"field '{member[:-4]}' holds Python objects, not numbers.")
     if fortran and len(shape) > 1:
         raise DatasetError(f"field '{member[:-4]}' is stored column-major; save it C-ordered.")
     row_items = int(np.prod(shape[1:], dtype=np.int64)) if shape else 1
     row_bytes = row_items * dtype.itemsize
+    # The header's shape is only a claim: a member shorter than it says is cut off (or
+    # forged), found here before anything is allocated for it.
+    if shape and header_bytes + shape[0] * row_bytes > archive.getinfo(member).file_size:
+        raise DatasetError(
+            f"field '{member[:-4]}' is shorter than its header says (the file is truncated)."
+        )
     state: dict[str, Any] = {"stream": None, "at": 0}
 
     def read(start: int, stop: int) -> np.ndarray:
@@ -241,6 +249,16 @@ def dataset_convert(
     opener = _hdf5_fields if fmt == "d4rl" else _npz_fields
     with opener(source) as fields:
         n = _fields_check(fields)
+        # Compressed sources can hold far more than their size: the limit holds for the
+        # arrays written too, so a small file cannot fill the disk.
+        out_bytes = sum(
+            int(np.prod(f.shape, dtype=np.int64)) * (1 if name in FLAGS else f.dtype.itemsize)
+            for name, f in fields.items()
+        )
+        if out_bytes > max_bytes:
+            raise DatasetError(
+                f"{source.name} holds {out_bytes} bytes of arrays; the limit is {max_bytes}."
+            )
         outputs = {
             name: np.lib.format.open_memmap(
                 dest / field_filename(name),

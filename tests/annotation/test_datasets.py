@@ -216,7 +216,7 @@ def test_truncated_npz_member_names_the_field(tmp_path):
             dst.writestr(info.filename, blob[:-8] if info.filename == "actions.npy" else blob)
     dest = tmp_path / "out"
     dest.mkdir()
-    with pytest.raises(dataset_io.DatasetError, match="'actions'.*truncated"):
+    with pytest.raises(dataset_io.DatasetError, match="'actions' is shorter.*truncated"):
         dataset_io.dataset_convert(
             source=tmp_path / "cut.npz", fmt="npz", dest=dest, max_bytes=10**9
         )
@@ -357,3 +357,23 @@ def test_compressed_npz(root, tmp_path, monkeypatch):
         np.testing.assert_array_equal(
             dataset_io.field_open(directory=dataset.path, name=name), values
         )
+
+
+@pytest.mark.django_db
+def test_arrays_over_the_limit_once_uncompressed(root, tmp_path, settings):
+    data = arrays(5000)
+    data["observations"] = np.zeros((5000, 200), dtype=np.float32)  # compresses to little
+    data["next_observations"] = data["observations"]
+    np.savez_compressed(tmp_path / "z.npz", **data)
+    settings.DATASET_MAX_BYTES = 1_000_000
+    assert (tmp_path / "z.npz").stat().st_size < settings.DATASET_MAX_BYTES
+    with pytest.raises(ServiceError, match="bytes of arrays; the limit is 1000000"):
+        services.dataset_import(path=tmp_path / "z.npz", source_format="npz", name="z")
+    assert_nothing_stored(root)
+
+
+@pytest.mark.django_db
+def test_missing_source_file(root, tmp_path):
+    with pytest.raises(ServiceError, match="cannot read nowhere.hdf5"):
+        services.dataset_import(path=tmp_path / "nowhere.hdf5", source_format="d4rl", name="n")
+    assert_nothing_stored(root)
