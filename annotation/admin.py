@@ -11,6 +11,8 @@ from .models import (
     Campaign,
     CampaignRole,
     Criterion,
+    Dataset,
+    Episode,
     Item,
     Judgment,
     Membership,
@@ -229,15 +231,10 @@ class AssignmentAdmin(CampaignScopedAdmin):
     raw_id_fields = ["pair", "annotator"]
 
 
-@admin.register(Judgment)
-class JudgmentAdmin(CampaignScopedAdmin):
-    """Judgments are evidence: read-only here, never deleted."""
+class ReadOnlyMixin:
+    """Rows only their service writes: the admin shows them and changes nothing."""
 
-    list_display = ["id", "campaign", "pair", "annotator", "choices", "status", "created_at"]
-    list_select_related = ["campaign", "pair", "annotator"]
-    list_filter = [CAMPAIGN_FILTER, "status"]
-
-    def has_add_permission(self, request):
+    def has_add_permission(self, request, obj=None):
         return False
 
     def has_change_permission(self, request, obj=None):
@@ -247,8 +244,43 @@ class JudgmentAdmin(CampaignScopedAdmin):
         return False
 
 
+@admin.register(Judgment)
+class JudgmentAdmin(ReadOnlyMixin, CampaignScopedAdmin):
+    """Judgments are evidence: read-only here, never deleted."""
+
+    list_display = ["id", "campaign", "pair", "annotator", "choices", "status", "created_at"]
+    list_select_related = ["campaign", "pair", "annotator"]
+    list_filter = [CAMPAIGN_FILTER, "status"]
+
+
 @admin.register(Skip)
 class SkipAdmin(CampaignScopedAdmin):
     list_display = ["id", "campaign", "pair", "annotator", "reason", "created_at"]
     list_select_related = ["campaign", "pair", "annotator"]
     list_filter = [CAMPAIGN_FILTER]
+
+
+@admin.register(Dataset)
+class DatasetAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """Written only by the import. Datasets belong to no campaign yet, so Django's own
+    `annotation.view_dataset` permission opens them to staff."""
+
+    list_display = [
+        "name",
+        "source_format",
+        "env_id",
+        "transition_count",
+        "episode_count",
+        "created_at",
+    ]
+    list_filter = ["source_format"]
+    search_fields = ["name", "env_id"]
+
+
+@admin.register(Episode)
+class EpisodeAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = ["id", "dataset", "index", "start", "length", "terminated", "truncated"]
+    list_select_related = ["dataset"]
+    list_filter = ["terminated", "truncated"]
+    raw_id_fields = ["dataset"]
+    show_full_result_count = False

@@ -527,3 +527,57 @@ class Skip(models.Model):
 
     def __str__(self) -> str:
         return f"skip of pair {self.pair_id} by user {self.annotator_id}"
+
+
+class Dataset(models.Model):
+    """An imported RL dataset. Its arrays live in files, one memory-mappable ``.npy`` per
+    field (annotation/dataset_io.py) under ``DATASETS_ROOT/<directory>``, never one row per
+    step. Row i of every field file is row i of the imported source, so per-transition
+    results can be written back in the source's order. The true rewards are one of those
+    files: kept for evaluation, never part of what annotators are shown."""
+
+    class Format(models.TextChoices):
+        D4RL = "d4rl", "D4RL HDF5"
+        NPZ = "npz", "NumPy .npz"
+
+    name = models.CharField(max_length=200, unique=True)
+    source_format = models.CharField(max_length=8, choices=Format.choices)
+    env_id = models.CharField(max_length=200, blank=True, help_text="Environment id, if known.")
+    observation_space = models.JSONField(help_text='One row\'s {"shape": [...], "dtype": ...}.')
+    action_space = models.JSONField(help_text='One row\'s {"shape": [...], "dtype": ...}.')
+    fields = models.JSONField(default=list, help_text="The field files stored.")
+    transition_count = models.PositiveBigIntegerField()
+    episode_count = models.PositiveIntegerField()
+    # A uuid chosen by the import, never the user's text.
+    directory = models.CharField(max_length=32, unique=True, editable=False)
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def path(self) -> Path:
+        return Path(settings.DATASETS_ROOT) / self.directory
+
+
+class Episode(models.Model):
+    """One episode of a dataset: rows [start, start + length) of its field files."""
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="episodes")
+    index = models.PositiveIntegerField()
+    start = models.PositiveBigIntegerField()
+    length = models.PositiveIntegerField()
+    terminated = models.BooleanField()
+    truncated = models.BooleanField()
+
+    class Meta:
+        ordering = ["dataset_id", "index"]  # the id: no join for the dataset's own ordering
+        constraints = [
+            models.UniqueConstraint(fields=["dataset", "index"], name="episode_index_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.dataset} #{self.index}"

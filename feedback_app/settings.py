@@ -271,6 +271,11 @@ IMPORT_MAX_ROWS = env.int("IMPORT_MAX_ROWS", default=10_000)
 IMPORT_MAX_BYTES = env.int("IMPORT_MAX_BYTES", default=10 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = IMPORT_MAX_BYTES + 1024 * 1024
 
+# Imported RL datasets: one directory of .npy field files each (annotation/dataset_io.py),
+# and the largest source file an import accepts.
+DATASETS_ROOT = Path(env("DATASETS_ROOT", default=str(VAR_DIR / "datasets")))
+DATASET_MAX_BYTES = env.int("DATASET_MAX_BYTES", default=2 * 1024**3)
+
 # How long a judgment may stay uncommitted after its id is drawn; incremental pulls only
 # return rows older than this so a slow commit of a lower id is never skipped.
 JUDGMENT_SETTLE_SECONDS = env.float("JUDGMENT_SETTLE_SECONDS", default=2.0)

@@ -2,10 +2,12 @@
 
 - `leases`: leasing the next pair, judgments, skips and renewals (the lease engine);
 - `campaigns`: campaigns and their members;
-- `imports`: bulk imports of prompts, items and pairs.
+- `imports`: bulk imports of prompts, items and pairs;
+- `datasets`: RL datasets imported from files (field files plus their rows).
 """
 
 from .campaigns import campaign_create, campaign_role_set, membership_add
+from .datasets import dataset_import, dataset_name_clean
 from .imports import items_bulk_create, messages_normalise, pairs_bulk_create, prompts_bulk_create
 from .leases import (
     Submitted,
@@ -26,6 +28,8 @@ __all__ = [
     "campaign_create",
     "campaign_role_set",
     "choices_canonical",
+    "dataset_import",
+    "dataset_name_clean",
     "items_bulk_create",
     "judgment_submit",
     "judgment_submit_and_lease_next",
