@@ -228,3 +228,78 @@ def test_reviving_an_expired_lease_never_gives_an_annotator_two_live_leases():
         annotator=user, status=Assignment.Status.OPEN, expires_at__gt=timezone.now()
     )
     assert list(live.values_list("pk", flat=True)) == [new.pk]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_request_that_found_its_pair_full_waits_for_another_holding_no_pair_lock():
+    """No savepoint per candidate: a pair found full once locked stays locked until the
+    request's transaction ends. Before it would wait for another pair it must end that
+    transaction, or two such requests could wait on each other's pairs (a deadlock)."""
+    user, other = UserFactory.create_batch(2)
+    campaign = text_campaign(n_prompts=2, responses=2, k=1, members=[user, other])
+    first, second = Pair.objects.filter(campaign=campaign).order_by("id")
+    release_second = threading.Event()
+
+    def hold_second():
+        with transaction.atomic():
+            list(Pair.objects.select_for_update().filter(pk=second.pk))
+            assert release_second.wait(20)
+
+    holder = InThread(hold_second)
+    time.sleep(0.2)  # the holder has its lock (it takes it before waiting)
+    with transaction.atomic():
+        list(Pair.objects.select_for_update().filter(pk=first.pk))
+        request = InThread(
+            lambda: services.assignment_lease_next(annotator=user, campaign=campaign)
+        )
+        request.wait_until_blocked()  # on the first pair: every pair was locked
+        Assignment.objects.create(
+            pair=first,
+            annotator=other,
+            campaign=campaign,
+            a_on_left=True,
+            expires_at=timezone.now() + timedelta(minutes=5),
+        )
+    # The first pair is full now; the second is still locked by the holder. The request
+    # must let go of the first pair before it waits for the second.
+    deadline = time.monotonic() + 10
+    while True:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT id FROM annotation_pair WHERE id = %s FOR UPDATE SKIP LOCKED",
+                [first.pk],
+            )
+            if cursor.fetchone() is not None:
+                break
+        assert time.monotonic() < deadline, "the request kept the full pair locked"
+        time.sleep(0.01)
+    request.wait_until_blocked()  # now on the second pair, holding no other
+    release_second.set()
+    assert holder.join()[1] is None
+    lease, error = request.join()
+    assert error is None, error
+    assert lease is not None and lease.pair_id == second.pk
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_tabs_judging_the_same_lease_with_next_store_one_judgment_and_hold_one_lease():
+    user = UserFactory()
+    campaign = text_campaign(n_prompts=3, responses=2, k=1, members=[user])
+    lease = services.assignment_lease_next(annotator=user, campaign=campaign)
+    start = threading.Barrier(2)
+
+    def tab():
+        start.wait(5)
+        return services.judgment_submit_and_lease_next(
+            annotator=user, assignment_id=lease.pk, choices="left"
+        )
+
+    tabs = [InThread(tab) for _ in range(2)]
+    outcomes = [t.join() for t in tabs]
+    stored = [result for result, error in outcomes if error is None]
+    refused = [error for result, error in outcomes if error is not None]
+    assert len(stored) == 1 and len(refused) == 1, outcomes
+    assert isinstance(refused[0], ServiceError) and refused[0].code == "already_judged"
+    assert Judgment.objects.filter(annotator=user).count() == 1
+    open_leases = Assignment.objects.filter(annotator=user, status=Assignment.Status.OPEN)
+    assert open_leases.count() == 1 and open_leases.get().pk == stored[0].next.pk
