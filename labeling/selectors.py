@@ -70,10 +70,11 @@ def item_scores_page(
 ) -> KeysetPage:
     """The campaign's scores after the (item id, criterion id) key `after`, in that order.
 
-    Paged by the scores' natural key, not their row ids or their rank: a refit replaces
-    every row (new ids, new order by score) but keeps the keys, so a client paging through
-    while a refit lands still gets every (item, criterion) exactly once, each page's values
-    as of its own read; `updated_at` tells it a refit landed."""
+    Paged by the scores' natural key, not their row ids or their rank: a refit may change
+    any value and so the order by score (and a row of an item no longer compared goes and
+    comes back with a new id), but the keys stay, so a client paging through while a refit
+    lands still gets every (item, criterion) exactly once, each page's values as of its own
+    read; `updated_at` tells it a refit landed."""
     return _keyset_page(
         ItemScore.objects.filter(campaign=campaign),
         campaign=campaign,

@@ -95,6 +95,13 @@ def _require_active(campaign: Campaign) -> None:
         )
 
 
+def _mark_stored(instance: Any) -> None:
+    """An instance built from a row this module wrote or read with its own SQL: the ORM
+    treats it as loaded from the database (a later save() updates, never inserts)."""
+    instance._state.adding = False
+    instance._state.db = connection.alias
+
+
 # ---- what a decision depends on, read in a fresh statement after the lock ----------------
 
 
@@ -372,8 +379,7 @@ def _lease_take(
                 },
             )
             lease.pk = cursor.fetchone()[0]
-        lease._state.adding = False
-        lease._state.db = connection.alias
+        _mark_stored(lease)
         return lease
     _membership_seen(campaign=campaign, annotator=annotator, group_key=state.group_key)
     lease.save(force_insert=True)
@@ -442,8 +448,7 @@ def _assignment_for(
         leased_at=leased,
         expires_at=expires,
     )
-    assignment._state.adding = False
-    assignment._state.db = connection.alias
+    _mark_stored(assignment)
     return assignment
 
 
@@ -590,8 +595,7 @@ def _judgment_write(judgment: Judgment) -> None:
                 },
             )
             judgment.pk, judgment.created_at = cursor.fetchone()
-        judgment._state.adding = False
-        judgment._state.db = connection.alias
+        _mark_stored(judgment)
         return
     judgment.save(force_insert=True)  # created_at comes back with the insert
     Pair.objects.filter(pk=judgment.pair_id).update(judgment_count=F("judgment_count") + 1)
