@@ -167,9 +167,10 @@ class CampaignMembersView(ManagerView):
 class NextPairView(APIView):
     @extend_schema(
         request=None,
-        responses=_responses({200: AssignmentOutputSerializer, 204: None}),
+        responses=_responses({200: AssignmentOutputSerializer, 204: None, 503: ErrorSerializer}),
         description="Lease the next pair (or return the lease you already hold). 204 when "
-        "nothing is left for you in this campaign.",
+        "nothing is left for you in this campaign; 503 `clips_pending` when the pairs left "
+        "wait for their clips to render.",
     )
     def post(self, request: Request, slug: str) -> Response:
         campaign = _campaign(request, slug)

@@ -11,7 +11,8 @@ Formats (the field names are D4RL's, the same in both):
   also read a chunk of rows at a time from the archive (never the whole member in memory).
 
 Required fields: ``observations``, ``actions``, ``rewards``, ``terminals``, ``timeouts``;
-optional: ``next_observations``, ``infos/qpos``, ``infos/qvel``. Every field has one row per
+optional: ``next_observations``, ``infos/qpos``, ``infos/qvel`` (MuJoCo states) and
+``infos/state`` (a classic-control environment's state vector, for rendering). Every field has one row per
 transition, in source order: row i of every written array is row i of the source file, so a
 per-transition result can be written back to the source by row number.
 
@@ -38,7 +39,7 @@ import numpy as np
 
 FORMATS = ("d4rl", "npz")
 REQUIRED = ("observations", "actions", "rewards", "terminals", "timeouts")
-OPTIONAL = ("next_observations", "infos/qpos", "infos/qvel")
+OPTIONAL = ("next_observations", "infos/qpos", "infos/qvel", "infos/state")
 FLAGS = ("terminals", "timeouts")
 PER_ROW_SCALAR = ("rewards", "terminals", "timeouts")  # shape (N,)
 CHUNK_ROWS = 65_536

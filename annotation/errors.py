@@ -46,6 +46,14 @@ class CampaignNotActive(ServiceError):
     code = "campaign_not_active"
 
 
+class ClipsPending(ServiceError):
+    """Nothing can be leased now, but pairs remain whose clips are still rendering (or
+    failed and wait for staff): not "nothing left"."""
+
+    status = 503
+    code = "clips_pending"
+
+
 class AlreadyJudged(ServiceError):
     status = 409
     code = "already_judged"

@@ -264,6 +264,15 @@ class Prompt(FrozenWhenJudged):
         )
 
 
+class ClipStatus(models.TextChoices):
+    """Where a trajectory item's clip stands. Text items have none."""
+
+    NONE = "", "no clip"
+    PENDING = "pending", "rendering"
+    READY = "ready", "ready"
+    FAILED = "failed", "failed"
+
+
 class Item(FrozenWhenJudged):
     """One thing that is compared: a response to a prompt, or a trajectory segment."""
 
@@ -276,14 +285,29 @@ class Item(FrozenWhenJudged):
     content = models.TextField(blank=True)
     source = models.CharField(max_length=200, blank=True, help_text="Model or policy name.")
     metadata = models.JSONField(default=dict, blank=True)
-    # trajectory kind
+    # trajectory kind: `start` is the segment's first row in the imported source and
+    # `episode` the episode's index when the segment was cut from a stored Dataset
+    # (`source_dataset`); free text describing an uploaded clip otherwise.
     dataset = models.CharField(max_length=200, blank=True)
     episode = models.CharField(max_length=200, blank=True)
     start = models.PositiveIntegerField(null=True, blank=True)
     length = models.PositiveIntegerField(null=True, blank=True)
+    source_dataset = models.ForeignKey(
+        "Dataset", on_delete=models.PROTECT, null=True, blank=True, related_name="segments"
+    )
     clip = models.FileField(
         upload_to=clip_upload_to, blank=True, max_length=200, validators=[validate_clip]
     )
+    clip_status = models.CharField(
+        max_length=8, choices=ClipStatus.choices, default=ClipStatus.NONE, blank=True
+    )
+    clip_error = models.TextField(blank=True)
+    clip_frames = models.PositiveIntegerField(null=True, blank=True)
+    clip_fps = models.FloatField(null=True, blank=True)
+    # When the current render was asked for (database time): the sweep requeues a pending
+    # clip whose task was lost, by this column alone.
+    clip_requested_at = models.DateTimeField(null=True, blank=True)
+    poster = models.FileField(upload_to=clip_upload_to, blank=True, max_length=200)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -339,6 +363,9 @@ class Pair(FrozenWhenJudged):
     item_a = models.ForeignKey(Item, on_delete=models.PROTECT, related_name="+")
     item_b = models.ForeignKey(Item, on_delete=models.PROTECT, related_name="+")
     judgment_count = models.PositiveIntegerField(default=0)
+    # Both sides can be shown: text, or both clips ready. Only ready pairs are in the lease
+    # index, so a pair whose clip is missing, rendering or failed is never leased.
+    ready = models.BooleanField(default=True)
     group_key = models.BigIntegerField(default=0)
     spread_rank = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -357,6 +384,7 @@ class Pair(FrozenWhenJudged):
             models.Index(
                 fields=["campaign", "-judgment_count", "spread_rank", "id", "group_key"],
                 name="pair_lease_order",
+                condition=models.Q(ready=True),
             )
         ]
 
@@ -393,10 +421,20 @@ def pairs_prepare(pairs: list[Pair]) -> list[Pair]:
     """Fill group_key and spread_rank of new pairs (before a save or bulk_create): the n-th
     pair of a group gets rank n, counting the group's pairs already stored, so ordering by
     rank hands out every group's first pair before any group's second."""
-    items = Item.objects.in_bulk({p.item_a_id for p in pairs})
+    items = Item.objects.in_bulk({p.item_a_id for p in pairs} | {p.item_b_id for p in pairs})
+    campaigns = {p.campaign_id for p in pairs}
+    text = set(
+        Campaign.objects.filter(pk__in=campaigns, kind=Campaign.Kind.TEXT).values_list(
+            "pk", flat=True
+        )
+    )
     for pair in pairs:
         pair.group_key = pair_group_key(items[pair.item_a_id])
-    campaigns = {p.campaign_id for p in pairs}
+        # A trajectory pair waits for both clips; `clips_mark_ready` (services) flips it.
+        pair.ready = pair.campaign_id in text or (
+            items[pair.item_a_id].clip_status == ClipStatus.READY
+            and items[pair.item_b_id].clip_status == ClipStatus.READY
+        )
     taken = Counter(
         {
             (row["campaign_id"], row["group_key"]): row["n"]
@@ -538,10 +576,12 @@ class Dataset(models.Model):
 
     class Format(models.TextChoices):
         D4RL = "d4rl", "D4RL HDF5"
+        MINARI = "minari", "Minari"
         NPZ = "npz", "NumPy .npz"
+        GENERATED = "generated", "generated rollouts"
 
     name = models.CharField(max_length=200, unique=True)
-    source_format = models.CharField(max_length=8, choices=Format.choices)
+    source_format = models.CharField(max_length=12, choices=Format.choices)
     env_id = models.CharField(max_length=200, blank=True, help_text="Environment id, if known.")
     observation_space = models.JSONField(help_text='One row\'s {"shape": [...], "dtype": ...}.')
     action_space = models.JSONField(help_text='One row\'s {"shape": [...], "dtype": ...}.')

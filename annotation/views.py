@@ -19,7 +19,7 @@ from feedback_app.ranged import ranged_file_response
 from feedback_app.throttling import throttle_user
 
 from . import selectors, services
-from .errors import CampaignNotActive, Forbidden, ServiceError, TooManyRequests
+from .errors import CampaignNotActive, ClipsPending, Forbidden, ServiceError, TooManyRequests
 from .models import Assignment, Campaign
 
 PAGE = "annotation/compare.html"
@@ -66,7 +66,7 @@ def _render_pair(
     status = error.status if error and not request.htmx else 200
     try:
         assignment = services.assignment_lease_next(annotator=_user(request), campaign=campaign)
-    except (Forbidden, CampaignNotActive) as exc:
+    except (Forbidden, CampaignNotActive, ClipsPending) as exc:
         context["error"] = error or exc
         status = (error or exc).status if not request.htmx else 200
         assignment = None

@@ -39,6 +39,7 @@ from django.utils.dateparse import parse_datetime
 from ..errors import (
     AlreadyJudged,
     CampaignNotActive,
+    ClipsPending,
     Forbidden,
     LeaseLost,
     NotFound,
@@ -189,7 +190,7 @@ SELECT
 # them, and this saves a statement on every lease.
 _CANDIDATE_SQL = """
 SELECT p.id FROM {pair} p
-WHERE p.campaign_id = %(campaign)s AND p.judgment_count < %(k)s {tier} {exclude}
+WHERE p.campaign_id = %(campaign)s AND p.ready AND p.judgment_count < %(k)s {tier} {exclude}
   AND NOT EXISTS (SELECT 1 FROM {judgment} j WHERE j.pair_id = p.id AND j.annotator_id = %(me)s)
   AND NOT EXISTS (SELECT 1 FROM {skip} s WHERE s.pair_id = p.id AND s.annotator_id = %(me)s)
   AND p.judgment_count + (
@@ -261,6 +262,7 @@ def _lease_scan(
             # "nothing left". Pick one without locking, then wait for it.
             pair = _candidate(campaign, annotator, last_group, tried, skip_locked=False)
             if pair is None:
+                _refuse_if_clips_pending(campaign, annotator)
                 return None
             pair_lock(pair_id=pair.pk)
         leased = _lease_take(campaign=campaign, annotator=annotator, pair_id=pair.pk)
@@ -269,6 +271,32 @@ def _lease_scan(
             return leased
         tried.append(pair.pk)
         holding = True
+
+
+_WAITING_SQL = """
+SELECT EXISTS (
+  SELECT 1 FROM {pair} p
+  WHERE p.campaign_id = %(campaign)s AND NOT p.ready AND p.judgment_count < %(k)s
+    AND NOT EXISTS (SELECT 1 FROM {judgment} j WHERE j.pair_id = p.id AND j.annotator_id = %(me)s)
+    AND NOT EXISTS (SELECT 1 FROM {skip} s WHERE s.pair_id = p.id AND s.annotator_id = %(me)s)
+)
+"""
+
+
+def _refuse_if_clips_pending(campaign: Campaign, annotator: AbstractBaseUser) -> None:
+    """No ready pair is free for the annotator: if a pair they could judge once its clips
+    are rendered remains, say so (ClipsPending) instead of "nothing left". Only reached
+    when a lease finds nothing, so it costs the hot path nothing."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _WAITING_SQL.format(**_TABLES),
+            {"campaign": campaign.pk, "k": campaign.judgments_per_pair, "me": annotator.pk},
+        )
+        (waiting,) = cursor.fetchone()
+    if waiting:
+        raise ClipsPending(
+            "The remaining pairs' clips are still being rendered; try again in a minute."
+        )
 
 
 def _candidate(
@@ -632,7 +660,7 @@ def judgment_submit_and_lease_next(
     campaign = judgment.assignment.campaign
     try:
         lease = assignment_lease_next(annotator=annotator, campaign=campaign)
-    except (CampaignNotActive, Forbidden) as refused:
+    except (CampaignNotActive, ClipsPending, Forbidden) as refused:
         return Submitted(judgment=judgment, next_refused=refused)
     return Submitted(judgment=judgment, next=lease)
 
