@@ -586,6 +586,11 @@ class Dataset(models.Model):
     observation_space = models.JSONField(help_text='One row\'s {"shape": [...], "dtype": ...}.')
     action_space = models.JSONField(help_text='One row\'s {"shape": [...], "dtype": ...}.')
     fields = models.JSONField(default=list, help_text="The field files stored.")
+    metadata = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="What the source says about itself, or how it was generated.",
+    )
     transition_count = models.PositiveBigIntegerField()
     episode_count = models.PositiveIntegerField()
     # A uuid chosen by the import, never the user's text.
@@ -612,6 +617,8 @@ class Episode(models.Model):
     length = models.PositiveIntegerField()
     terminated = models.BooleanField()
     truncated = models.BooleanField()
+    # The policy that produced it, where known (generated rollouts, a source that says).
+    policy = models.CharField(max_length=100, blank=True)
 
     class Meta:
         ordering = ["dataset_id", "index"]  # the id: no join for the dataset's own ordering
