@@ -30,18 +30,20 @@ from labeling import services as labeling_services
 from . import selectors, services
 from .api_errors import too_large
 from .errors import NotFound, ServiceError, shown
-from .models import Campaign, choices_as_shown
+from .models import Assignment, Campaign, choices_as_shown
 from .parsers import chunked_body_buffer
 from .permissions import (
     CampaignPermission,
     CanCreateCampaign,
     Need,
+    campaign_by_id,
     campaign_checked,
 )
 from .permissions import campaign_for as campaign_checked_for
 from .permissions import can as campaign_can
 from .serializers import (
     AssignmentOutputSerializer,
+    AssignmentStaffOutputSerializer,
     BulkCreatedOutputSerializer,
     CampaignSerializer,
     ErrorSerializer,
@@ -53,6 +55,7 @@ from .serializers import (
     LabelsOutputSerializer,
     MembersInSerializer,
     MembersOutputSerializer,
+    PairPageOutputSerializer,
     PairRowSerializer,
     PromptRowSerializer,
     RenewOutputSerializer,
@@ -139,9 +142,13 @@ class CampaignListView(APIView):
         serializer = CampaignSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = dict(serializer.validated_data)
-        campaign = services.campaign_create(
-            criteria=data.pop("criteria", None), owner=request.user, **data
-        )
+        create: Any = services.campaign_create
+        if data.get("source") is not None:
+            create = services.campaign_create_from_dataset
+            data["source"] = dict(data["source"])
+        else:
+            data.pop("source", None)
+        campaign = create(criteria=data.pop("criteria", None), owner=request.user, **data)
         return Response(CampaignSerializer(campaign).data, status=status.HTTP_201_CREATED)
 
 
@@ -234,6 +241,27 @@ class SkipView(APIView):
         return Response({"skip": skip.pk}, status=status.HTTP_201_CREATED)
 
 
+class AssignmentView(APIView):
+    @extend_schema(
+        responses=_responses({200: AssignmentStaffOutputSerializer}, READ_ERRORS),
+        description="A lease resolved to its pair, both items' source rows and the side "
+        "each was shown on. For the campaign's managers.",
+    )
+    def get(self, request: Request, assignment_id: int) -> Response:
+        assignment = Assignment.objects.filter(pk=assignment_id).first()
+        campaign = (
+            None if assignment is None else campaign_by_id(campaign_id=assignment.campaign_id)
+        )
+        if (
+            assignment is None
+            or campaign is None
+            or not campaign_can(user=request.user, campaign=campaign, need=Need.MANAGE)
+        ):
+            raise NotFound(f"No lease {assignment_id} that you manage.", field="assignment_id")
+        assignment.campaign = campaign
+        return Response(selectors.assignment_staff_detail(assignment=assignment))
+
+
 class RenewView(APIView):
     @extend_schema(request=None, responses=_responses({200: RenewOutputSerializer}))
     def post(self, request: Request, assignment_id: int) -> Response:
@@ -296,10 +324,35 @@ class ItemBulkView(BulkCreateView):
     row = ItemRowSerializer
 
 
+PAIR_PAGE_LIMIT = 1000
+
+
 @_bulk_schema
 class PairBulkView(BulkCreateView):
     service = services.pairs_bulk_create
     row = PairRowSerializer
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("after", int, description="Return pairs with id > after."),
+            OpenApiParameter(
+                "limit", int, description=f"At most this many (1-{PAIR_PAGE_LIMIT}, default)."
+            ),
+        ],
+        responses=_responses({200: PairPageOutputSerializer}, (400, *READ_ERRORS)),
+        description="The campaign's pairs, each side with its dataset, episode and source "
+        "rows (start, length), so judgments can be mapped to transitions.",
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        after = _int_param(request, "after", 0, low=0, high=_ID_MAX)
+        limit = _int_param(request, "limit", PAIR_PAGE_LIMIT, low=1, high=PAIR_PAGE_LIMIT)
+        rows = selectors.pairs_page(campaign=self.campaign, after=after, limit=limit)
+        following = None
+        if len(rows) == limit:
+            query = request.query_params.copy()
+            query["after"] = str(rows[-1]["id"])
+            following = request.build_absolute_uri(f"{request.path}?{query.urlencode()}")
+        return Response({"results": rows, "next": following})
 
 
 # Pages of scores and labels: rows after a two-part key, `limit` at a time.

@@ -44,6 +44,9 @@ urlpatterns = [
         api.JudgmentSubmitView.as_view(),
         name="assignment-judgment",
     ),
+    path(
+        "assignments/<int:assignment_id>/", api.AssignmentView.as_view(), name="assignment-detail"
+    ),
     path("assignments/<int:assignment_id>/skip/", api.SkipView.as_view(), name="assignment-skip"),
     path(
         "assignments/<int:assignment_id>/renew/", api.RenewView.as_view(), name="assignment-renew"

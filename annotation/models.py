@@ -108,6 +108,9 @@ class Campaign(models.Model):
             "leave empty to choose it from the judgments."
         ),
     )
+    # Trajectory campaigns cut from a stored dataset: the dataset and the segmenting and pair
+    # sampling options they were built with (services/trajectories.py); empty otherwise.
+    source = models.JSONField(default=dict, blank=True)
     members: models.ManyToManyField[User, Membership] = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="campaigns", blank=True
     )

@@ -683,3 +683,69 @@ def skip_export(*, campaign: Campaign) -> ExportStream:
         return _jsonl(record) + "\n"
 
     return _export_sqlite(Skip.objects.filter(campaign=campaign), columns, line)
+
+
+# ---- pairs and leases mapped back to their source rows (staff) ---------------------------
+
+_SIDE_FIELDS = (
+    "id",
+    "external_id",
+    "source",
+    "dataset",
+    "episode",
+    "start",
+    "length",
+    "source_dataset_id",
+    "clip_status",
+)
+
+
+def _side(row: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """One item of a pair as staff and training code see it: for a segment cut from a stored
+    dataset, `start` is its first row in the imported source, `episode` the episode's
+    index, and the rows are start .. start + length - 1."""
+    side = {name: row[f"{prefix}{name}"] for name in _SIDE_FIELDS}
+    if side.pop("source_dataset_id") is not None:
+        side["episode"] = int(side["episode"])
+    return side
+
+
+def _pair_rows(queryset: QuerySet[Pair]) -> list[dict[str, Any]]:
+    names = ["id", "ready", "judgment_count"]
+    names += [f"item_{s}__{name}" for s in "ab" for name in _SIDE_FIELDS]
+    return [
+        {
+            "id": row["id"],
+            "ready": row["ready"],
+            "judgment_count": row["judgment_count"],
+            "item_a": _side(row, "item_a__"),
+            "item_b": _side(row, "item_b__"),
+        }
+        for row in queryset.values(*names)
+    ]
+
+
+def pairs_page(*, campaign: Campaign, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+    """The campaign's pairs with id > after, in id order, each side with its dataset,
+    episode and row range."""
+    return _pair_rows(Pair.objects.filter(campaign=campaign, id__gt=after).order_by("id")[:limit])
+
+
+def assignment_staff_detail(*, assignment: Assignment) -> dict[str, Any]:
+    """A lease resolved to its pair and the two segments, with the side each was shown on,
+    for staff and scripted teachers mapping judgments to transitions."""
+    (pair,) = _pair_rows(Pair.objects.filter(pk=assignment.pair_id))
+    judgment = Judgment.objects.filter(
+        pair_id=assignment.pair_id, annotator_id=assignment.annotator_id
+    ).values_list("id", flat=True)
+    return {
+        "assignment": assignment.pk,
+        "campaign": assignment.campaign.slug,
+        "annotator": assignment.annotator_id,
+        "status": assignment.status,
+        "leased_at": assignment.leased_at,
+        "expires_at": assignment.expires_at,
+        "left": "item_a" if assignment.a_on_left else "item_b",
+        "judgment": judgment.first(),
+        "pair": pair,
+    }

@@ -15,8 +15,32 @@ class CriterionInSerializer(serializers.Serializer):
     description = serializers.CharField(required=False, allow_blank=True)
 
 
+class TrajectorySourceSerializer(serializers.Serializer):
+    """A trajectory campaign cut from a stored dataset (annotation/segments.py)."""
+
+    dataset = serializers.CharField(max_length=200, help_text="The dataset's name.")
+    segment_length = serializers.IntegerField(min_value=1, max_value=10_000)
+    stride = serializers.IntegerField(
+        min_value=1, max_value=2**31 - 1, required=False, help_text="Default: segment_length."
+    )
+    pairs = serializers.IntegerField(min_value=1, max_value=200_000)
+    sampling = serializers.ChoiceField(
+        choices=["random", "within_episode", "across_episode"], required=False
+    )
+    seed = serializers.IntegerField(min_value=0, max_value=2**32 - 1, required=False)
+
+    def get_attribute(self, instance: Any) -> Any:
+        return instance.source or None  # {} on campaigns not cut from a dataset
+
+
 class CampaignSerializer(serializers.ModelSerializer):
     criteria = CriterionInSerializer(many=True, required=False)
+    source = TrajectorySourceSerializer(
+        required=False,
+        allow_null=True,
+        help_text="Trajectory campaigns: cut segments and pairs from a stored dataset (with "
+        '"kind": "trajectory"). Null for other campaigns.',
+    )
     pair_order = serializers.ChoiceField(
         choices=[(o.name, o.label) for o in PAIR_ORDERS.values()],
         required=False,
@@ -39,6 +63,7 @@ class CampaignSerializer(serializers.ModelSerializer):
             "both_bad_counts_as",
             "l2_prior",
             "criteria",
+            "source",
             "created_at",
         ]
         read_only_fields = ["id", "created_at"]
@@ -308,3 +333,49 @@ class ExportSnapshotOutputSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
     finished_at = serializers.DateTimeField(allow_null=True)
     download = serializers.CharField(allow_null=True)
+
+
+class PairSideOutputSerializer(serializers.Serializer):
+    """selectors._side: a segment cut from a stored dataset has its episode's index and its
+    first row in the imported source (`start`); it covers rows start .. start+length-1."""
+
+    id = serializers.IntegerField()
+    external_id = serializers.CharField()
+    source = serializers.CharField(help_text="The model or policy.")
+    dataset = serializers.CharField()
+    episode = serializers.JSONField(
+        help_text="The episode's index (an integer) for segments "
+        "cut from a stored dataset; free text otherwise."
+    )
+    start = serializers.IntegerField(allow_null=True)
+    length = serializers.IntegerField(allow_null=True)
+    clip_status = serializers.CharField()
+
+
+class PairOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    ready = serializers.BooleanField(help_text="Both sides can be shown (clips rendered).")
+    judgment_count = serializers.IntegerField()
+    item_a = PairSideOutputSerializer()
+    item_b = PairSideOutputSerializer()
+
+
+class PairPageOutputSerializer(serializers.Serializer):
+    results = PairOutputSerializer(many=True)
+    next = serializers.CharField(allow_null=True, help_text="The next page's URL, if any.")
+
+
+class AssignmentStaffOutputSerializer(serializers.Serializer):
+    """selectors.assignment_staff_detail."""
+
+    assignment = serializers.IntegerField()
+    campaign = serializers.CharField()
+    annotator = serializers.IntegerField()
+    status = serializers.CharField()
+    leased_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField()
+    left = serializers.ChoiceField(
+        choices=["item_a", "item_b"], help_text="The item shown on the left."
+    )
+    judgment = serializers.IntegerField(allow_null=True)
+    pair = PairOutputSerializer()

@@ -3,7 +3,8 @@
 - `leases`: leasing the next pair, judgments, skips and renewals (the lease engine);
 - `campaigns`: campaigns and their members;
 - `imports`: bulk imports of prompts, items and pairs;
-- `datasets`: RL datasets imported from files (field files plus their rows).
+- `datasets`: RL datasets imported from files (field files plus their rows);
+- `trajectories`: trajectory campaigns cut from a stored dataset.
 """
 
 from .campaigns import campaign_create, campaign_role_set, membership_add
@@ -19,9 +20,13 @@ from .leases import (
     judgment_submit_and_lease_next,
     skip_create,
 )
+from .trajectories import TrajectorySource, campaign_create_from_dataset, trajectory_cut
 
 __all__ = [
     "Submitted",
+    "TrajectorySource",
+    "campaign_create_from_dataset",
+    "trajectory_cut",
     "assignment_lease_next",
     "assignment_renew",
     "assignments_release",
