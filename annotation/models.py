@@ -301,16 +301,24 @@ class Item(FrozenWhenJudged):
     clip = models.FileField(
         upload_to=clip_upload_to, blank=True, max_length=200, validators=[validate_clip]
     )
+    # Database defaults too, on the columns added with clips: rows inserted with SQL (COPY in
+    # benchmarks, bulk loaders) need not name them.
     clip_status = models.CharField(
-        max_length=8, choices=ClipStatus.choices, default=ClipStatus.NONE, blank=True
+        max_length=8,
+        choices=ClipStatus.choices,
+        default=ClipStatus.NONE,
+        db_default=ClipStatus.NONE,
+        blank=True,
     )
-    clip_error = models.TextField(blank=True)
+    clip_error = models.TextField(blank=True, default="", db_default="")
     clip_frames = models.PositiveIntegerField(null=True, blank=True)
     clip_fps = models.FloatField(null=True, blank=True)
     # When the current render was asked for (database time): the sweep requeues a pending
     # clip whose task was lost, by this column alone.
     clip_requested_at = models.DateTimeField(null=True, blank=True)
-    poster = models.FileField(upload_to=clip_upload_to, blank=True, max_length=200)
+    poster = models.FileField(
+        upload_to=clip_upload_to, blank=True, max_length=200, default="", db_default=""
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -368,7 +376,7 @@ class Pair(FrozenWhenJudged):
     judgment_count = models.PositiveIntegerField(default=0)
     # Both sides can be shown: text, or both clips ready. Only ready pairs are in the lease
     # index, so a pair whose clip is missing, rendering or failed is never leased.
-    ready = models.BooleanField(default=True)
+    ready = models.BooleanField(default=True, db_default=True)
     group_key = models.BigIntegerField(default=0)
     spread_rank = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -621,7 +629,7 @@ class Episode(models.Model):
     terminated = models.BooleanField()
     truncated = models.BooleanField()
     # The policy that produced it, where known (generated rollouts, a source that says).
-    policy = models.CharField(max_length=100, blank=True)
+    policy = models.CharField(max_length=100, blank=True, default="", db_default="")
 
     class Meta:
         ordering = ["dataset_id", "index"]  # the id: no join for the dataset's own ordering
