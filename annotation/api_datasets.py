@@ -21,9 +21,9 @@ from rest_framework.response import Response
 
 from feedback_app.authentication import CachedTokenAuthentication
 
-from . import selectors, services
+from . import selectors
 from .api import READ_ERRORS, WRITE_ERRORS, APIView, _int_param, _responses
-from .errors import NotFound, ServiceError
+from .errors import NotFound
 from .permissions import DatasetPermission, can_import_datasets
 from .serializers import (
     DatasetDetailOutputSerializer,
@@ -31,7 +31,7 @@ from .serializers import (
     DatasetPageOutputSerializer,
     DatasetUploadInSerializer,
 )
-from .uploads import DatasetUploadHandler, upload_length_check
+from .uploads import DatasetUploadHandler, upload_import, upload_length_check
 
 PAGE_LIMIT = 100
 PAGE_MAX = 1000
@@ -135,15 +135,9 @@ class DatasetListView(APIView):
         serializer = DatasetUploadInSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        try:
-            dataset = services.dataset_import(
-                path=upload.stored_path(),
-                source_format=data["format"],
-                name=data["name"],
-                env_id=data["env"],
-            )
-        except ServiceError as exc:
-            raise upload.shown_in(exc) from exc
+        dataset = upload_import(
+            upload=upload, source_format=data["format"], name=data["name"], env_id=data["env"]
+        )
         dataset = selectors.dataset_by_id(dataset_id=dataset.pk) or dataset  # created_at
         return Response(_payload(dataset), status=status.HTTP_201_CREATED)
 

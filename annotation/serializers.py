@@ -4,6 +4,7 @@ from django.contrib.auth import get_user_model
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from . import dataset_io
 from .models import Assignment, Campaign, Dataset, Item
 from .pair_order import PAIR_ORDERS
 from .selectors import criteria_slugs
@@ -312,9 +313,16 @@ class ExportSnapshotOutputSerializer(serializers.Serializer):
 
 # --- Datasets -------------------------------------------------------------------------
 
+# What an upload may be: the formats annotation/dataset_io.py reads (Minari as a .zip of the
+# dataset's directory, once dataset_io reads Minari).
 DATASET_UPLOAD_FORMATS = [
-    (Dataset.Format.D4RL.value, "D4RL HDF5 file"),
-    (Dataset.Format.NPZ.value, "NumPy .npz archive"),
+    (value, label)
+    for value, label in [
+        (Dataset.Format.D4RL.value, "D4RL HDF5 file"),
+        (Dataset.Format.NPZ.value, "NumPy .npz archive"),
+        (Dataset.Format.MINARI.value, "Minari dataset directory, as a .zip"),
+    ]
+    if value in dataset_io.FORMATS
 ]
 
 

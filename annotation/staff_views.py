@@ -18,11 +18,11 @@ from django.shortcuts import redirect, render
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods
 
-from . import selectors, services
+from . import selectors
 from .errors import ServiceError
 from .permissions import can_import_datasets, can_view_datasets
 from .serializers import DATASET_UPLOAD_FORMATS, DatasetUploadInSerializer
-from .uploads import DatasetUploadHandler, upload_length_check
+from .uploads import DatasetUploadHandler, upload_import, upload_length_check
 
 DATASETS_PAGE = "annotation/staff/datasets.html"
 LISTED = 200  # the newest datasets shown; the API pages through them all
@@ -62,15 +62,9 @@ def _upload(request: HttpRequest, upload: DatasetUploadHandler) -> HttpResponse:
             field, problems = next(iter(serializer.errors.items()))
             raise ServiceError(f"{field}: {problems[0]}", field=field)
         data = serializer.validated_data
-        try:
-            dataset = services.dataset_import(
-                path=upload.stored_path(),
-                source_format=data["format"],
-                name=data["name"],
-                env_id=data["env"],
-            )
-        except ServiceError as exc:
-            raise upload.shown_in(exc) from exc
+        dataset = upload_import(
+            upload=upload, source_format=data["format"], name=data["name"], env_id=data["env"]
+        )
     except ServiceError as exc:
         return _render(request, error=exc, values=values, status=exc.status)
     messages.success(

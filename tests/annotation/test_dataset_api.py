@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import io
 import re
+import stat
 import uuid
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from annotation import uploads
+from annotation.errors import ServiceError
 from annotation.models import Dataset, Episode
 from tests.annotation.test_datasets import N, arrays, write_hdf5, write_npz
 from tests.factories import UserFactory
@@ -513,3 +516,122 @@ def test_upload_formats_are_ones_dataset_io_reads():
     from annotation.serializers import DATASET_UPLOAD_FORMATS
 
     assert {value for value, _ in DATASET_UPLOAD_FORMATS} <= set(dataset_io.FORMATS)
+
+
+# --- Minari: a .zip of the dataset's directory -------------------------------------------
+
+
+def _zip(entries: list[tuple[zipfile.ZipInfo | str, bytes]]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for info, data in entries:
+            archive.writestr(info, data)
+    return out.getvalue()
+
+
+def _link(name: str, target: str) -> tuple[zipfile.ZipInfo, bytes]:
+    info = zipfile.ZipInfo(name)
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return info, target.encode()
+
+
+MINARI_ZIP = [
+    ("hopper-v0/data/metadata.json", b"{}"),
+    ("hopper-v0/data/main_data.hdf5", b"\0" * 1000),
+]
+
+
+@pytest.mark.parametrize(
+    ("entries", "words"),
+    [
+        ([("/etc/cron.d/x", b"x")], "absolute path"),
+        ([("../../escape.txt", b"x")], "'..'"),
+        ([("data/../../escape.txt", b"x")], "'..'"),
+        ([_link("data/metadata.json", "/etc/passwd")], "symbolic link"),
+        ([("a\\..\\b", b"x")], "backslash"),
+        ([("data/big.bin", b"\0" * 50_000)], "once uncompressed"),
+        ([("data/x", b"1"), ("data/x", b"2")], "twice"),
+    ],
+    ids=["absolute", "dotdot", "inner-dotdot", "symlink", "backslash", "bomb", "duplicate"],
+)
+@pytest.mark.filterwarnings("ignore:Duplicate name")  # the duplicate case, written on purpose
+def test_zip_extraction_refuses_hostile_archives(tmp_path, entries, words):
+    archive = tmp_path / "a.zip"
+    archive.write_bytes(_zip(entries))
+    dest = tmp_path / "out"
+    dest.mkdir()
+    with pytest.raises(ServiceError) as caught:
+        uploads.zip_extract_safely(archive=archive, dest=dest, max_bytes=10_000)
+    assert words in caught.value.message and caught.value.field == "file"
+    assert not (tmp_path / "escape.txt").exists() and not Path("/etc/cron.d/x").exists()
+    assert not any(p.is_symlink() for p in dest.rglob("*"))
+
+
+def test_zip_extraction_counts_the_bytes_written_not_only_the_declared_ones(tmp_path, monkeypatch):
+    archive = tmp_path / "a.zip"
+    archive.write_bytes(_zip([("data/big.bin", b"\0" * 50_000)]))
+    dest = tmp_path / "out"
+    dest.mkdir()
+    original = zipfile.ZipFile.infolist
+
+    def lying(self):  # an archive whose directory understates the sizes
+        infos = original(self)
+        for info in infos:
+            info.file_size = 1
+        return infos
+
+    monkeypatch.setattr(zipfile.ZipFile, "infolist", lying)
+    with pytest.raises(ServiceError, match="once uncompressed|damaged"):
+        uploads.zip_extract_safely(archive=archive, dest=dest, max_bytes=10_000)
+
+
+def test_minari_zip_extracted_finds_the_dataset_and_cleans_up(tmp_path):
+    archive = tmp_path / "a.zip"
+    archive.write_bytes(_zip(MINARI_ZIP))
+    root = tmp_path / "datasets"
+    with uploads.minari_zip_extracted(archive=archive, directory=root, max_bytes=10**6) as found:
+        assert (found / "metadata.json").is_file() and found.name == "data"
+        assert found.is_relative_to(root)
+    assert list(root.iterdir()) == []
+    archive.write_bytes(_zip([("readme.txt", b"x")]))
+    with (
+        pytest.raises(ServiceError, match="no Minari dataset"),
+        uploads.minari_zip_extracted(archive=archive, directory=root, max_bytes=10**6),
+    ):
+        pass
+    assert list(root.iterdir()) == []
+
+
+@pytest.fixture
+def minari_upload(monkeypatch):
+    """`minari` offered by the upload form (whether or not dataset_io reads it yet), with the
+    import replaced by a stand-in that records the directory it was given."""
+    from annotation import services
+    from annotation.serializers import DatasetUploadInSerializer
+
+    field = DatasetUploadInSerializer._declared_fields["format"]
+    # Each serializer deep-copies its declared fields from their constructor's arguments.
+    monkeypatch.setitem(field._kwargs, "choices", [*field.choices, "minari"])
+    seen: list[Path] = []
+
+    def fake_import(*, path, source_format, name, env_id=""):
+        seen.append(Path(path))
+        assert (Path(path) / "metadata.json").is_file()
+        raise ServiceError("field 'observations' has a NaN at row 3.", field="file")
+
+    monkeypatch.setattr(services, "dataset_import", fake_import)
+    return seen
+
+
+@pytest.mark.django_db
+def test_minari_zip_upload_is_extracted_then_removed(root, staff_api, settings, minari_upload):
+    r = post(staff_api, _zip(MINARI_ZIP), filename=b"hopper.zip", format="minari", name="m")
+    assert_error(r, 400, "file")
+    assert len(minari_upload) == 1 and minari_upload[0].is_relative_to(root)
+    assert_nothing_stored(root, settings)
+
+    hostile = _zip([*MINARI_ZIP, ("../../escape.txt", b"x")])
+    r = post(staff_api, hostile, filename=b"hopper.zip", format="minari", name="m")
+    assert "'..'" in assert_error(r, 400, "file")["detail"]
+    assert len(minari_upload) == 1  # refused before the import
+    assert_nothing_stored(root, settings)
