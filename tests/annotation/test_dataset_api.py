@@ -635,3 +635,24 @@ def test_minari_zip_upload_is_extracted_then_removed(root, staff_api, settings, 
     assert "'..'" in assert_error(r, 400, "file")["detail"]
     assert len(minari_upload) == 1  # refused before the import
     assert_nothing_stored(root, settings)
+
+
+def test_upload_through_gunicorn(gunicorn_server, tmp_path, staff):
+    """The real server path: gunicorn's input stream, read a chunk at a time into the
+    temporary file; the server's DATASETS_ROOT is the fixture's tmp_path/datasets."""
+    import httpx
+
+    token, _ = Token.objects.get_or_create(user=staff)
+    content = npz_bytes(tmp_path, arrays(20_000))
+    r = httpx.post(
+        f"{gunicorn_server}{URL}",
+        headers={"Authorization": f"Token {token.key}"},
+        data={"format": "npz", "name": "served", "env": "hopper-v4"},
+        files={"file": ("../../served.npz", content, "application/octet-stream")},
+        timeout=60,
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["transition_count"] == 20_000
+    dataset = Dataset.objects.get()
+    assert [p.name for p in (tmp_path / "datasets").iterdir()] == [dataset.directory]
+    assert not (tmp_path.parent / "served.npz").exists()
