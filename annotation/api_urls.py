@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import api
+from . import api, api_datasets
 
 urlpatterns = [
     path(
@@ -15,6 +15,12 @@ urlpatterns = [
         name="export-snapshot-download",
     ),
     path("campaigns/", api.CampaignListView.as_view(), name="campaign-list"),
+    path("datasets/", api_datasets.DatasetListView.as_view(), name="dataset-list"),
+    path(
+        "datasets/<int:dataset_id>/",
+        api_datasets.DatasetDetailView.as_view(),
+        name="dataset-detail",
+    ),
     path(
         "campaigns/<slug:slug>/members/", api.CampaignMembersView.as_view(), name="campaign-members"
     ),

@@ -41,6 +41,20 @@ class Conflict(ServiceError):
     code = "conflict"
 
 
+class TooLarge(ServiceError):
+    """A body or upload over its size limit, refused before the rest of it is read."""
+
+    status = 413
+    code = "too_large"
+
+
+class LengthRequired(ServiceError):
+    """An upload sent without Content-Length (chunked): its size must be known up front."""
+
+    status = 411
+    code = "length_required"
+
+
 class CampaignNotActive(ServiceError):
     status = 409
     code = "campaign_not_active"

@@ -160,6 +160,41 @@ def can_create_campaign(*, user: Any) -> bool:
     )
 
 
+def can_view_datasets(*, user: Any) -> bool:
+    """Datasets belong to no campaign: an active staff user with Django's
+    `annotation.view_dataset` permission sees them (superusers hold every permission), as in
+    the admin."""
+    return bool(
+        getattr(user, "is_active", False)
+        and getattr(user, "is_staff", False)
+        and user.has_perm("annotation.view_dataset")
+    )
+
+
+def can_import_datasets(*, user: Any) -> bool:
+    """Importing a dataset takes an active staff user with `annotation.add_dataset`."""
+    return bool(
+        getattr(user, "is_active", False)
+        and getattr(user, "is_staff", False)
+        and user.has_perm("annotation.add_dataset")
+    )
+
+
+class DatasetPermission(permissions.BasePermission):
+    """Reads need `can_view_datasets`, an upload (POST) `can_import_datasets`. Anonymous
+    callers get 401, signed-in ones without the permission 403."""
+
+    message = "Datasets are for staff with the dataset permissions."
+
+    def has_permission(self, request: Any, view: Any) -> bool:
+        user = request.user
+        if not (user and user.is_authenticated):
+            return False
+        if request.method == "POST":
+            return can_import_datasets(user=user)
+        return can_view_datasets(user=user)
+
+
 class CampaignPermission(permissions.BasePermission):
     """For an API view with a `need` ("view", "manage" or "own"): the caller must be signed
     in, and the campaign the URL names (by `slug`) must be theirs at that level. The campaign

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.cache import cache
 from django.db import connection, connections, transaction
-from django.db.models import Count, Max, QuerySet
+from django.db.models import Count, Max, Min, Q, QuerySet
 from django.db.models.functions import Now
 from psycopg.adapt import Loader
 
@@ -26,6 +26,8 @@ from .models import (
     Assignment,
     Campaign,
     Criterion,
+    Dataset,
+    Episode,
     Item,
     Judgment,
     Pair,
@@ -749,3 +751,68 @@ def assignment_staff_detail(*, assignment: Assignment) -> dict[str, Any]:
         "judgment": judgment.first(),
         "pair": pair,
     }
+
+
+# --- Datasets -------------------------------------------------------------------------
+
+
+def datasets_page(*, before: int = 0, limit: int) -> list[Dataset]:
+    """Datasets newest first (by id), `limit` of them, those with an id below `before` when
+    it is set. The metadata stays unread: no page shows it."""
+    rows = Dataset.objects.defer("metadata").order_by("-id")
+    if before:
+        rows = rows.filter(id__lt=before)
+    return list(rows[:limit])
+
+
+@dataclass(frozen=True)
+class EpisodeSummary:
+    count: int
+    terminated: int
+    truncated: int
+    length_min: int | None
+    length_median: float | None
+    length_max: int | None
+    policies: list[dict[str, Any]]  # [{"policy": name, "episodes": n}], named ones only
+
+
+def dataset_episode_summary(*, dataset: Dataset) -> EpisodeSummary:
+    """Counts and lengths of the dataset's episodes, read in three statements whatever
+    their number: the aggregates, the one or two middle lengths, the policies."""
+    episodes = Episode.objects.filter(dataset=dataset)
+    totals = episodes.aggregate(
+        count=Count("id"),
+        terminated=Count("id", filter=Q(terminated=True)),
+        truncated=Count("id", filter=Q(truncated=True)),
+        length_min=Min("length"),
+        length_max=Max("length"),
+    )
+    count = totals["count"]
+    median: float | None = None
+    if count:
+        low = (count - 1) // 2
+        middle = list(
+            episodes.order_by("length").values_list("length", flat=True)[low : count // 2 + 1]
+        )
+        median = sum(middle) / len(middle)
+    policies = list(
+        episodes.exclude(policy="")
+        .values("policy")
+        .annotate(episodes=Count("id"))
+        .order_by("policy")
+    )
+    return EpisodeSummary(
+        count=count,
+        terminated=totals["terminated"],
+        truncated=totals["truncated"],
+        length_min=totals["length_min"],
+        length_median=median,
+        length_max=totals["length_max"],
+        policies=policies,
+    )
+
+
+def dataset_by_id(*, dataset_id: int) -> Dataset | None:
+    if not 0 < dataset_id < 2**63:
+        return None
+    return Dataset.objects.defer("metadata").filter(pk=dataset_id).first()

@@ -4,7 +4,8 @@ from django.contrib.auth import get_user_model
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from .models import Assignment, Campaign, Item
+from . import dataset_io
+from .models import Assignment, Campaign, Dataset, Item
 from .pair_order import PAIR_ORDERS
 from .selectors import criteria_slugs
 
@@ -379,3 +380,77 @@ class AssignmentStaffOutputSerializer(serializers.Serializer):
     )
     judgment = serializers.IntegerField(allow_null=True)
     pair = PairOutputSerializer()
+
+
+# --- Datasets -------------------------------------------------------------------------
+
+# What an upload may be: the formats annotation/dataset_io.py reads (Minari as a .zip of the
+# dataset's directory, once dataset_io reads Minari).
+DATASET_UPLOAD_FORMATS = [
+    (value, label)
+    for value, label in [
+        (Dataset.Format.D4RL.value, "D4RL HDF5 file"),
+        (Dataset.Format.NPZ.value, "NumPy .npz archive"),
+        (Dataset.Format.MINARI.value, "Minari dataset directory, as a .zip"),
+    ]
+    if value in dataset_io.FORMATS
+]
+
+
+class DatasetUploadInSerializer(serializers.Serializer):
+    file = serializers.FileField(
+        help_text="The dataset file, at most DATASET_MAX_BYTES bytes. Its name is used in "
+        "messages only."
+    )
+    format = serializers.ChoiceField(choices=DATASET_UPLOAD_FORMATS)
+    # The service folds whitespace and holds the name to 200 characters.
+    name = serializers.CharField(max_length=1000)
+    env = serializers.CharField(
+        max_length=1000,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="The environment id, e.g. hopper-medium-v2.",
+    )
+
+
+class SpaceOutputSerializer(serializers.Serializer):
+    shape = serializers.ListField(child=serializers.IntegerField())
+    dtype = serializers.CharField()
+
+
+class DatasetOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    source_format = serializers.ChoiceField(choices=Dataset.Format.choices)
+    env_id = serializers.CharField(allow_blank=True)
+    observation_space = SpaceOutputSerializer()
+    action_space = SpaceOutputSerializer()
+    fields = serializers.ListField(child=serializers.CharField())
+    transition_count = serializers.IntegerField()
+    episode_count = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+
+
+class DatasetPageOutputSerializer(serializers.Serializer):
+    results = DatasetOutputSerializer(many=True)
+    next = serializers.CharField(allow_null=True, help_text="The next page; null on the last.")
+
+
+class PolicyCountOutputSerializer(serializers.Serializer):
+    policy = serializers.CharField()
+    episodes = serializers.IntegerField()
+
+
+class EpisodeSummaryOutputSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    terminated = serializers.IntegerField()
+    truncated = serializers.IntegerField()
+    length_min = serializers.IntegerField(allow_null=True)
+    length_median = serializers.FloatField(allow_null=True)
+    length_max = serializers.IntegerField(allow_null=True)
+    policies = PolicyCountOutputSerializer(many=True)
+
+
+class DatasetDetailOutputSerializer(DatasetOutputSerializer):
+    episodes = EpisodeSummaryOutputSerializer()

@@ -1,11 +1,12 @@
 from django.urls import path
 
-from . import views
+from . import staff_views, views
 
 app_name = "annotation"
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("staff/datasets/", staff_views.datasets, name="staff-datasets"),
     path("c/<slug:slug>/", views.compare, name="compare"),
     path("c/<slug:slug>/lease/<int:assignment_id>/judge/", views.judge, name="judge"),
     path("c/<slug:slug>/lease/<int:assignment_id>/skip/", views.skip, name="skip"),

@@ -147,6 +147,7 @@ def gunicorn_factory(transactional_db, tmp_path, settings, media_root, collected
             "GUNICORN_ACCESSLOG": "/dev/null",
             "STATIC_ROOT": str(collected_static),
             "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+            "DATASETS_ROOT": str(tmp_path / "datasets"),  # uploads never land in var/
             "SECRET_KEY": settings.SECRET_KEY,
         }
         log_path = tmp_path / f"gunicorn-{port}.log"

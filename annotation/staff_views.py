@@ -1,0 +1,98 @@
+"""Staff pages: plain server-rendered forms that work without JavaScript.
+
+/staff/datasets/ lists the imported datasets and uploads a new one through the same handler
+and service as the API (annotation/uploads.py, services.dataset_import). The view is
+csrf_exempt only so that the upload handler can be installed before the CSRF check reads the
+form; the check then runs (csrf_protect) once the user is known to be allowed to import.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
+from django.views.decorators.http import require_http_methods
+
+from . import selectors
+from .errors import ServiceError
+from .permissions import can_import_datasets, can_view_datasets
+from .serializers import DATASET_UPLOAD_FORMATS, DatasetUploadInSerializer
+from .uploads import DatasetUploadHandler, upload_import, upload_length_check
+
+DATASETS_PAGE = "annotation/staff/datasets.html"
+LISTED = 200  # the newest datasets shown; the API pages through them all
+
+
+def _render(
+    request: HttpRequest,
+    *,
+    error: ServiceError | None = None,
+    values: dict[str, Any] | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    user = request.user
+    context = {
+        "datasets": selectors.datasets_page(limit=LISTED),
+        "listed": LISTED,
+        "can_import": can_import_datasets(user=user),
+        "formats": DATASET_UPLOAD_FORMATS,
+        "error": error,
+        "values": values or {"format": DATASET_UPLOAD_FORMATS[0][0], "name": "", "env": ""},
+    }
+    return render(request, DATASETS_PAGE, context, status=status)
+
+
+@csrf_protect
+def _upload(request: HttpRequest, upload: DatasetUploadHandler) -> HttpResponse:
+    """The form post, once the CSRF check has passed (it read the form, streaming the file
+    through `upload`)."""
+    values = {key: request.POST.get(key, "") for key in ("format", "name", "env")}
+    form: dict[str, Any] = {
+        **values,
+        **({"file": request.FILES["file"]} if "file" in request.FILES else {}),
+    }
+    serializer = DatasetUploadInSerializer(data=form)
+    try:
+        if not serializer.is_valid():
+            field, problems = next(iter(serializer.errors.items()))
+            raise ServiceError(f"{field}: {problems[0]}", field=field)
+        data = serializer.validated_data
+        dataset = upload_import(
+            upload=upload, source_format=data["format"], name=data["name"], env_id=data["env"]
+        )
+    except ServiceError as exc:
+        return _render(request, error=exc, values=values, status=exc.status)
+    messages.success(
+        request,
+        f"Imported {dataset.name}: {dataset.transition_count} transitions, "
+        f"{dataset.episode_count} episodes.",
+    )
+    return redirect("annotation:staff-datasets")
+
+
+@csrf_exempt
+@require_http_methods(["GET", "HEAD", "POST"])
+def datasets(request: HttpRequest) -> HttpResponse:
+    user = request.user
+    if not user.is_authenticated:
+        return redirect_to_login(request.get_full_path())
+    if not can_view_datasets(user=user):
+        raise PermissionDenied("Datasets are for staff with the dataset permissions.")
+    if request.method != "POST":
+        return _render(request)
+    if not can_import_datasets(user=user):
+        raise PermissionDenied("Importing datasets needs the permission to add them.")
+    upload = DatasetUploadHandler.install(request)
+    try:
+        upload_length_check(request)
+        return _upload(request, upload)
+    except ServiceError as exc:
+        # Too large (or no length): the form was not read, so nothing of it is shown back.
+        return _render(request, error=exc, status=exc.status)
+    finally:
+        upload.discard()
