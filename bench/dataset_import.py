@@ -58,7 +58,7 @@ def write_sources(directory: Path, n: int) -> dict[str, Path]:
         for name, values in data.items():
             f.create_dataset(name, data=values)
     npz = directory / "source.npz"
-    np.savez(npz, **data)
+    np.savez(npz, **data)  # type: ignore[arg-type]  # numpy types allow_pickle as a kwarg
     return {"d4rl": h5, "npz": npz}
 
 
