@@ -1,7 +1,9 @@
 """Staff pages: plain server-rendered forms that work without JavaScript.
 
 /staff/datasets/ lists the imported datasets and uploads a new one through the same handler
-and service as the API (annotation/uploads.py, services.dataset_import). The view is
+and service as the API (annotation/uploads.py, services.dataset_import);
+/staff/campaigns/from-dataset/ cuts a trajectory campaign from one
+(services.campaign_create_from_dataset). The view is
 csrf_exempt only so that the upload handler can be installed before the CSRF check reads the
 form; the check then runs (csrf_protect) once the user is known to be allowed to import.
 """
@@ -18,9 +20,10 @@ from django.shortcuts import redirect, render
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods
 
-from . import selectors
-from .errors import ServiceError
-from .permissions import can_import_datasets, can_view_datasets
+from . import segments, selectors, services
+from .errors import ServiceError, shown
+from .models import Campaign
+from .permissions import can_create_campaign, can_import_datasets, can_view_datasets
 from .serializers import DATASET_UPLOAD_FORMATS, DatasetUploadInSerializer
 from .uploads import DatasetUploadHandler, upload_import, upload_length_check
 
@@ -96,3 +99,73 @@ def datasets(request: HttpRequest) -> HttpResponse:
         return _render(request, error=exc, status=exc.status)
     finally:
         upload.discard()
+
+
+TRAJECTORY_PAGE = "annotation/staff/campaign_from_dataset.html"
+_SOURCE_INTS = ("segment_length", "stride", "pairs", "seed")
+
+
+@require_http_methods(["GET", "HEAD", "POST"])
+def campaign_from_dataset(request: HttpRequest) -> HttpResponse:
+    """A trajectory campaign cut from a stored dataset: the campaign API's `source` options
+    as a form (services.campaign_create_from_dataset)."""
+    user = request.user
+    if not user.is_authenticated:
+        return redirect_to_login(request.get_full_path())
+    if not (can_view_datasets(user=user) and can_create_campaign(user=user)):
+        raise PermissionDenied("Creating campaigns from datasets is for staff.")
+    values = {
+        "dataset": request.GET.get("dataset", ""),
+        "name": "",
+        "slug": "",
+        "segment_length": "25",
+        "stride": "",
+        "pairs": "200",
+        "sampling": "random",
+        "seed": "0",
+        "judgments_per_pair": "3",
+        "instructions": "",
+        "activate": "",
+    }
+    error: ServiceError | None = None
+    if request.method == "POST":
+        values.update({key: request.POST.get(key, "").strip() for key in values})
+        try:
+            source: dict[str, Any] = {"dataset": values["dataset"], "sampling": values["sampling"]}
+            for key in _SOURCE_INTS:
+                if values[key]:
+                    source[key] = _form_int(values[key], f"source.{key}")
+            campaign = services.campaign_create_from_dataset(
+                name=values["name"] or values["slug"],
+                slug=values["slug"],
+                source=source,
+                owner=user,
+                instructions=values["instructions"],
+                judgments_per_pair=_form_int(values["judgments_per_pair"], "judgments_per_pair"),
+                status=Campaign.Status.ACTIVE if values["activate"] else Campaign.Status.DRAFT,
+            )
+        except ServiceError as exc:
+            error = exc
+        else:
+            messages.success(
+                request,
+                f"Created {campaign.name}: {campaign.pairs.count()} pairs of "
+                f"{campaign.items.count()} segments; their clips are being rendered.",
+            )
+            return redirect("annotation:staff-campaign-clips", slug=campaign.slug)
+    context = {
+        "datasets": selectors.datasets_page(limit=LISTED),
+        "samplings": segments.SAMPLINGS,
+        "values": values,
+        "error": error,
+    }
+    return render(request, TRAJECTORY_PAGE, context, status=error.status if error else 200)
+
+
+def _form_int(raw: str, field: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ServiceError(
+            f"{field} must be a whole number, not {shown(raw)!r}.", field=field
+        ) from None

@@ -7,6 +7,11 @@ app_name = "annotation"
 urlpatterns = [
     path("", views.home, name="home"),
     path("staff/datasets/", staff_views.datasets, name="staff-datasets"),
+    path(
+        "staff/campaigns/from-dataset/",
+        staff_views.campaign_from_dataset,
+        name="staff-campaign-from-dataset",
+    ),
     path("c/<slug:slug>/", views.compare, name="compare"),
     path("c/<slug:slug>/lease/<int:assignment_id>/judge/", views.judge, name="judge"),
     path("c/<slug:slug>/lease/<int:assignment_id>/skip/", views.skip, name="skip"),
