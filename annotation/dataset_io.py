@@ -336,7 +336,13 @@ class _MinariRows:
             raise DatasetError(
                 f"episode {self._index} is missing (the dataset is truncated)."
             ) from None
-        self._current = self._flatten(raw)
+        # minari checks its file's layout with asserts: a malformed episode is bad input.
+        except (KeyError, ValueError, TypeError, OSError, AssertionError) as exc:
+            raise DatasetError(f"episode {self._index} cannot be read ({exc!r}).") from exc
+        try:
+            self._current = self._flatten(raw)
+        except (KeyError, TypeError) as exc:
+            raise DatasetError(f"episode {self._index} lacks {exc}.") from exc
         self._current_length = self.lengths[self._index]
 
     def _flatten(self, raw: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -467,7 +473,7 @@ def _minari_source(data_path: Path) -> Iterator[_Source]:
             raise DatasetError(f"the Minari metadata.json in {data_path} lacks '{key}'.")
     try:
         dataset = MinariDataset(data_path)
-    except (ValueError, OSError, KeyError, AssertionError, ImportError) as exc:
+    except (ValueError, TypeError, OSError, KeyError, AssertionError, ImportError) as exc:
         raise DatasetError(f"{data_path} is not a readable Minari dataset ({exc}).") from exc
     for role, space in (
         ("observation", dataset.observation_space),
@@ -484,15 +490,12 @@ def _minari_source(data_path: Path) -> Iterator[_Source]:
         raise DatasetError(f"Minari dataset {dataset.id!r} holds no episodes.")
     try:
         lengths = [int(m["total_steps"]) for m in storage.get_episode_metadata(range(count))]
-    except (KeyError, ValueError, OSError) as exc:
+    except (KeyError, ValueError, TypeError, OSError, AssertionError) as exc:
         raise DatasetError(f"the episodes of {dataset.id!r} cannot be read ({exc}).") from exc
     for k, steps in enumerate(lengths):
         if steps < 1:
             raise DatasetError(f"episode {k} has no steps.")
-    try:
-        rows = _MinariRows(storage, lengths)
-    except (KeyError, ValueError, OSError) as exc:
-        raise DatasetError(f"episode 0 of {dataset.id!r} cannot be read ({exc}).") from exc
+    rows = _MinariRows(storage, lengths)
     try:
         total = sum(lengths)
         fields = {

@@ -347,3 +347,20 @@ def test_command_refuses_with_exit_status(root, tmp_path):
         call_command("import_dataset", str(tmp_path), "--format", "minari", "--name", "x")
     assert caught.value.returncode == 1
     assert_nothing_stored(root)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("damage", ["episode-removed", "file-cut"])
+def test_damaged_dataset_refused(root, settings, monkeypatch, damage):
+    import h5py
+
+    directory = write_minari(settings.MINARI_DATASETS_PATH, episodes(), monkeypatch=monkeypatch)
+    main = directory / "data" / "main_data.hdf5"
+    if damage == "episode-removed":
+        with h5py.File(main, "a") as f:
+            del f["episode_1"]
+    else:
+        main.write_bytes(main.read_bytes()[:2000])
+    with pytest.raises(ServiceError, match="cannot be read"):
+        services.dataset_import(path=DATASET_ID, source_format="minari", name="x")
+    assert_nothing_stored(root)
