@@ -402,20 +402,23 @@ class _MinariRows:
                 raise DatasetError(
                     f"{where} lacks info '{key}' with {steps + 1} rows, which episode 0 has."
                 )
-        if k > 0:
-            for name, values in rows.items():
-                if values.shape[1:] != self.row_shapes[name] or len(values) != steps:
+        for name, values in rows.items():
+            if values.ndim == 0 or len(values) != steps:
+                raise DatasetError(f"{where}: '{name}' has shape {values.shape} for {steps} steps.")
+            if k == 0:
+                continue
+            if values.shape[1:] != self.row_shapes[name]:
+                raise DatasetError(
+                    f"{where}: '{name}' has shape {values.shape}; "
+                    f"episode 0's rows are {self.row_shapes[name]}."
+                )
+            if values.dtype != self.dtypes[name]:
+                if not np.can_cast(values.dtype, self.dtypes[name], "same_kind"):
                     raise DatasetError(
-                        f"{where}: '{name}' has shape {values.shape}; "
-                        f"episode 0's rows are {self.row_shapes[name]}."
+                        f"{where}: '{name}' has dtype {values.dtype}; "
+                        f"episode 0's is {self.dtypes[name]}."
                     )
-                if values.dtype != self.dtypes[name]:
-                    if not np.can_cast(values.dtype, self.dtypes[name], "same_kind"):
-                        raise DatasetError(
-                            f"{where}: '{name}' has dtype {values.dtype}; "
-                            f"episode 0's is {self.dtypes[name]}."
-                        )
-                    rows[name] = values.astype(self.dtypes[name])
+                rows[name] = values.astype(self.dtypes[name])
         return rows
 
     def read(self, name: str, start: int, stop: int) -> np.ndarray:

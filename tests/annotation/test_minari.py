@@ -364,3 +364,18 @@ def test_damaged_dataset_refused(root, settings, monkeypatch, damage):
     with pytest.raises(ServiceError, match="cannot be read"):
         services.dataset_import(path=DATASET_ID, source_format="minari", name="x")
     assert_nothing_stored(root)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("episode", [0, 1])
+def test_actions_short_of_their_steps_refused(root, settings, monkeypatch, episode):
+    data = episodes()
+    data[episode]["actions"] = data[episode]["actions"][:-1]
+    write_minari(settings.MINARI_DATASETS_PATH, data, monkeypatch=monkeypatch)
+    steps = LENGTHS[episode]
+    with pytest.raises(ServiceError) as caught:
+        services.dataset_import(path=DATASET_ID, source_format="minari", name="x")
+    assert f"episode {episode}: 'actions' has shape ({steps - 1}, 1) for {steps} steps" in (
+        caught.value.message
+    )
+    assert_nothing_stored(root)
