@@ -32,7 +32,10 @@ class Command(BaseCommand):
             f"(default {rollouts.DEFAULT_NOISE})",
         )
         parser.add_argument(
-            "--max-steps", type=int, default=None, help="episode length limit (the env's own)"
+            "--max-steps",
+            type=int,
+            default=None,
+            help="steps per episode at most (default: the environment's own, 200 for Pendulum-v1)",
         )
 
     def handle(self, *args, **options):
