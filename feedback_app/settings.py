@@ -275,6 +275,11 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = IMPORT_MAX_BYTES + 1024 * 1024
 # and the largest source file an import accepts.
 DATASETS_ROOT = Path(env("DATASETS_ROOT", default=str(VAR_DIR / "datasets")))
 DATASET_MAX_BYTES = env.int("DATASET_MAX_BYTES", default=2 * 1024**3)
+# Where `import_dataset ID --format minari` finds a Minari dataset by id (the minari
+# package's own variable and default); nothing is ever downloaded.
+MINARI_DATASETS_PATH = Path(
+    env("MINARI_DATASETS_PATH", default=str(Path.home() / ".minari" / "datasets"))
+).expanduser()
 
 # How long a judgment may stay uncommitted after its id is drawn; incremental pulls only
 # return rows older than this so a slow commit of a lower id is never skipped.

@@ -3,12 +3,18 @@
 - `leases`: leasing the next pair, judgments, skips and renewals (the lease engine);
 - `campaigns`: campaigns and their members;
 - `imports`: bulk imports of prompts, items and pairs;
-- `datasets`: RL datasets imported from files (field files plus their rows);
+- `datasets`: RL datasets imported from files, Minari or generated rollouts (field files plus
+  their rows), and the sweep of what a killed import left behind;
 - `trajectories`: trajectory campaigns cut from a stored dataset.
 """
 
 from .campaigns import campaign_create, campaign_role_set, membership_add
-from .datasets import dataset_import, dataset_name_clean
+from .datasets import (
+    dataset_generate,
+    dataset_import,
+    dataset_name_clean,
+    dataset_staging_sweep,
+)
 from .imports import items_bulk_create, messages_normalise, pairs_bulk_create, prompts_bulk_create
 from .leases import (
     Submitted,
@@ -33,8 +39,10 @@ __all__ = [
     "campaign_create",
     "campaign_role_set",
     "choices_canonical",
+    "dataset_generate",
     "dataset_import",
     "dataset_name_clean",
+    "dataset_staging_sweep",
     "items_bulk_create",
     "judgment_submit",
     "judgment_submit_and_lease_next",
