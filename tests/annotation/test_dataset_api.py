@@ -656,3 +656,28 @@ def test_upload_through_gunicorn(gunicorn_server, tmp_path, staff):
     dataset = Dataset.objects.get()
     assert [p.name for p in (tmp_path / "datasets").iterdir()] == [dataset.directory]
     assert not (tmp_path.parent / "served.npz").exists()
+
+
+@pytest.mark.django_db
+def test_a_minari_dataset_uploads_as_a_zip_of_its_directory(
+    staff_api, root, settings, tmp_path, monkeypatch
+):
+    """End to end: minari's own writer, zipped as a user would, uploaded, imported."""
+    from tests.annotation.test_minari import LENGTHS, episodes, write_minari
+
+    directory = write_minari(tmp_path / "minari", episodes(), monkeypatch=monkeypatch)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as out:
+        for path in sorted(directory.rglob("*")):
+            if path.is_file():
+                out.write(path, path.relative_to(directory.parent))
+    response = post(
+        staff_api, archive.getvalue(), filename=b"tiny.zip", format="minari", name="tiny"
+    )
+    assert response.status_code == 201, response.content[:500]
+    body = response.json()
+    assert body["source_format"] == "minari" and body["env_id"] == "Pendulum-v1"
+    assert body["transition_count"] == sum(LENGTHS) and body["episode_count"] == len(LENGTHS)
+    # Only the dataset's own directory is left under DATASETS_ROOT: the archive and what was
+    # extracted from it are gone.
+    assert [p.name for p in root.iterdir()] == [Dataset.objects.get().directory]
