@@ -53,9 +53,8 @@
     this.stopped = false;
     const fps = this.videos.map((v) => Number(v.dataset.fps) || 30);
     this.fps = fps.length ? Math.max(...fps) : 30;
+    if (this.bar && this.videos.length === 2) this.bind();
     this.videos.forEach((v) => this.watchForFailure(v));
-    if (!this.bar || this.videos.length !== 2) return;
-    this.bind();
   }
 
   Player.prototype.watchForFailure = function (video) {
@@ -76,7 +75,8 @@
     const message = box.querySelector(".clip-broken");
     if (message) message.hidden = false;
     if (window.htmx) window.htmx.process(box);
-    this.pause();
+    if (this.toggleButton) this.pause();
+    this.maybePreloadNext();
   };
 
   Player.prototype.bind = function () {
@@ -90,6 +90,7 @@
       v.controls = false;
       v.loop = false; // the clock loops; a follower that loops by itself would run ahead
       v.muted = true;
+      v.preload = "auto"; // scrubbing and stepping want the whole clip at hand
       v.addEventListener("loadedmetadata", () => this.onMetadata());
       v.addEventListener("canplaythrough", () => this.maybePreloadNext());
     }
@@ -107,7 +108,7 @@
     this.speedSelect.addEventListener("change", () => this.setSpeed(Number(this.speedSelect.value)));
     this.loopBox.addEventListener("change", () => { this.loop = this.loopBox.checked; });
     this.onMetadata();
-    this.render();
+    this.maybePreloadNext();
   };
 
   Player.prototype.durations = function () {
@@ -257,6 +258,7 @@
   };
 
   Player.prototype.render = function () {
+    if (!this.toggleButton) return;
     const d = this.duration();
     if (!this.scrubbing) this.scrub.value = String(this.t);
     this.timeOut.textContent = `${this.t.toFixed(2)} / ${d.toFixed(2)} s · ${this.speed}×`;
@@ -265,7 +267,8 @@
   };
 
   Player.prototype.maybePreloadNext = function () {
-    if (!this.videos.every((v) => v.readyState >= HAVE_ENOUGH_DATA)) return;
+    const settled = (v) => v.readyState >= HAVE_ENOUGH_DATA || v.closest(".is-broken");
+    if (!this.videos.every(settled)) return;
     for (const v of this.root.querySelectorAll("video.preload-clip")) {
       if (v.preload !== "auto") { v.preload = "auto"; v.load(); }
     }
@@ -296,10 +299,13 @@
     l: (p) => p.toggleLoop(),
     L: (p) => p.toggleLoop(),
   };
-  const typing = (el) => el instanceof Element
-    && (el.matches("input:not([type=checkbox]):not([type=radio]):not([type=range]), textarea, select, [contenteditable]"));
+  const TEXT_ENTRY = "input:not([type=checkbox]):not([type=radio]):not([type=range])"
+    + ":not([type=button]):not([type=submit]), textarea, select, [contenteditable]";
+  const typing = (event) => event.target instanceof Element && (event.target.matches(TEXT_ENTRY)
+    // Space ticks a focused checkbox or radio button (the loop box, a criterion's answer).
+    || (event.key === " " && event.target.matches("input[type=checkbox], input[type=radio]")));
   const handled = (event) => current && current.bar && !current.bar.hidden
-    && !event.metaKey && !event.ctrlKey && !event.altKey && !typing(event.target)
+    && !event.metaKey && !event.ctrlKey && !event.altKey && !typing(event)
     && Object.prototype.hasOwnProperty.call(KEYS, event.key);
   document.addEventListener("keydown", (event) => {
     if (!handled(event)) return;

@@ -17,9 +17,10 @@ from tests.browser.test_compare_browser import ARGS, CHROMIUM, log_in
 from tests.factories import CampaignFactory, UserFactory
 
 FPS = 10
-# Two frames at FPS: the controller seeks a follower back at 0.12 s (clips.js HARD_SYNC_S),
-# so a reading between two corrections can be nearly that far off on a busy machine.
-TOLERANCE_S = 2 / FPS
+# 1.5 frames. The players measured a few ms apart over a minute (docs/benchmarks.md); the
+# margin is for a busy machine, where the controller seeks a follower back only beyond
+# 0.12 s (clips.js HARD_SYNC_S), so one reading can be that far off before it corrects.
+TOLERANCE_S = 1.5 / FPS
 
 
 def make_clip(tmp_path_factory, source: str, seconds: float) -> bytes:
