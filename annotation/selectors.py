@@ -35,6 +35,7 @@ from .models import (
     Skip,
     choices_as_shown,
 )
+from .pair_order import pair_order_for
 
 # Rows per keyset page of an export at most (see EXPORT_PAGE_BYTES for PostgreSQL).
 EXPORT_PAGE = 50000
@@ -221,6 +222,49 @@ def pair_with_items(row: Sequence[Any]) -> Pair:
         item_a.prompt = _instance(Prompt, row[n_pair + 2 * n_item :])
     pair.item_a, pair.item_b = item_a, item_b
     return pair
+
+
+# The pair this annotator will most likely be leased after the current one, for the compare
+# page to preload its clips. Non-binding and approximate: it applies the lease's own filters
+# (ready, not full by judgments, neither judged nor skipped by them) and the campaign's ORDER
+# BY, but not others' live leases nor the order's preference tiers, so the lease may still
+# hand out another pair; a wrong guess costs one unused download. The ORDER BY is that of the
+# `pair_lease_order` index, so this is one index scan that stops at the first row.
+_PEEK_SQL = """
+SELECT p.id FROM {pair} p
+WHERE p.campaign_id = %(campaign)s AND p.ready AND p.judgment_count < %(k)s
+  AND p.id <> %(current)s
+  AND NOT EXISTS (SELECT 1 FROM {judgment} j WHERE j.pair_id = p.id AND j.annotator_id = %(me)s)
+  AND NOT EXISTS (SELECT 1 FROM {skip} s WHERE s.pair_id = p.id AND s.annotator_id = %(me)s)
+ORDER BY {order}
+LIMIT 1
+"""
+
+
+def pair_peek_next(
+    *, annotator: AbstractBaseUser, campaign: Campaign, current_pair_id: int
+) -> Pair | None:
+    """The pair, with both items, that `annotator` will probably be leased after the one they
+    hold (`current_pair_id`), or None: a guess for preloading, never a reservation (see
+    _PEEK_SQL). Trajectory campaigns only; text pairs have nothing worth preloading."""
+    if campaign.kind != Campaign.Kind.TRAJECTORY:
+        return None
+    sql = _PEEK_SQL.format(
+        pair=Pair._meta.db_table,
+        judgment=Judgment._meta.db_table,
+        skip=Skip._meta.db_table,
+        order=pair_order_for(campaign.pair_order).order_by,
+    )
+    params = {
+        "campaign": campaign.pk,
+        "k": campaign.judgments_per_pair,
+        "current": current_pair_id,
+        "me": annotator.pk,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(pair_with_items_sql(pair_ids=sql), params)
+        row = cursor.fetchone()
+    return pair_with_items(row) if row is not None else None
 
 
 _criteria: ProcessCache[list[str]] = ProcessCache("criteria", max_age=300.0)

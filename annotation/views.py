@@ -74,6 +74,10 @@ def _render_pair(
         assignment = selectors.assignment_detail(assignment_id=assignment.pk)
         context.update(assignment=assignment, **_sides(assignment))
         context["criteria"] = list(campaign.criteria.all())
+        # The page preloads the clips of the pair that will probably come next.
+        context["next_pair"] = selectors.pair_peek_next(
+            annotator=_user(request), campaign=campaign, current_pair_id=assignment.pair_id
+        )
     template = f"{PAGE}#pair" if request.htmx else PAGE
     return render(request, template, context, status=status)
 

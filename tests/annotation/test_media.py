@@ -4,7 +4,7 @@ import httpx
 import pytest
 from django.core.files.base import ContentFile
 
-from annotation.models import Campaign, Item
+from annotation.models import Campaign, ClipStatus, Item
 from feedback_app.ranged import Unsatisfiable, parse_range
 from tests.factories import CampaignFactory, UserFactory
 
@@ -22,6 +22,8 @@ def trajectory_campaign(members, clip_bytes, n_items=2):
             start=0,
             length=40,
             source="policy-best",
+            # Rendered: a pair is leased only when both its clips are ready.
+            clip_status=ClipStatus.READY,
         )
         item.clip.save("policy-best-gold-episode.webm", ContentFile(clip_bytes), save=True)
         items.append(item)
