@@ -40,7 +40,7 @@ def _errors(ok: dict[Any, Any], errors: tuple[int, ...]) -> dict[Any, Any]:
     return {**ok, **{code: ErrorSerializer for code in errors}}
 
 
-_FailedItem = inline_serializer(
+_FAILED_ITEMS = inline_serializer(
     "ClipFailedItem",
     {
         "id": serializers.IntegerField(),
@@ -51,6 +51,7 @@ _FailedItem = inline_serializer(
         "length": serializers.IntegerField(allow_null=True),
         "error": serializers.CharField(),
     },
+    many=True,
 )
 
 
@@ -76,7 +77,7 @@ class ClipsView(ManagerView):
                         "counts": serializers.DictField(child=serializers.IntegerField()),
                         "pairs_ready": serializers.IntegerField(),
                         "pairs_waiting": serializers.IntegerField(),
-                        "failed": _FailedItem(many=True),
+                        "failed": _FAILED_ITEMS,
                         "next": serializers.CharField(allow_null=True),
                     },
                 )

@@ -73,7 +73,15 @@ class Rendered:
 # --- environments ----------------------------------------------------------------------------
 
 _envs: dict[tuple[str, int], Any] = {}
+# One render at a time per environment: a clip sets the state and draws, frame by frame, and
+# a second thread of the same process (a threads pool, tests) must not interleave with it.
+_env_locks: dict[tuple[str, int], threading.Lock] = {}
 _envs_guard = threading.Lock()
+
+
+def _env_lock(env_id: str, size: int) -> threading.Lock:
+    with _envs_guard:
+        return _env_locks.setdefault((env_id, size), threading.Lock())
 
 
 def _classic_size(env: Any, size: int) -> None:
@@ -243,6 +251,13 @@ def segment_render(
 ) -> Rendered:
     """Write the segment's clip (MP4) to `clip_path` and its poster (JPEG) to `poster_path`.
     Raises RenderError when it cannot be replayed from what is given."""
+    with _env_lock(env_id, size):
+        return _encode(env_id, segment, clip_path, poster_path, size)
+
+
+def _encode(
+    env_id: str, segment: Segment, clip_path: Path, poster_path: Path, size: int
+) -> Rendered:
     import imageio_ffmpeg
     from PIL import Image
 
