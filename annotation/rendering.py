@@ -186,6 +186,34 @@ _CLASSIC: dict[str, Callable[[Segment], np.ndarray]] = {
 }
 
 
+# D4RL ("hopper-medium-v2") and Minari ("mujoco/hopper/expert-v0") name the MuJoCo
+# locomotion tasks their own way; their qpos/qvel are those of Gymnasium's v5 models.
+_ALIASES = {
+    "hopper": "Hopper-v5",
+    "halfcheetah": "HalfCheetah-v5",
+    "walker2d": "Walker2d-v5",
+    "ant": "Ant-v5",
+    "humanoid": "Humanoid-v5",
+    "swimmer": "Swimmer-v5",
+    "invertedpendulum": "InvertedPendulum-v5",
+    "inverteddoublependulum": "InvertedDoublePendulum-v5",
+    "reacher": "Reacher-v5",
+    "pusher": "Pusher-v5",
+}
+
+
+def gym_env_id(env_id: str) -> str:
+    """The Gymnasium id to render `env_id` with: itself when Gymnasium knows it, else the
+    task a D4RL or Minari name stands for, else itself (and the error names it)."""
+    import gymnasium as gym
+
+    if env_id in gym.registry:
+        return env_id
+    parts = env_id.lower().split("/")
+    name = parts[1] if len(parts) > 2 and parts[0] == "mujoco" else parts[-1].split("-")[0]
+    return _ALIASES.get(name, env_id)
+
+
 def _base_id(env_id: str) -> str:
     name = env_id.rsplit("/", 1)[-1]
     return name.split("-v", 1)[0]
@@ -251,6 +279,7 @@ def segment_render(
 ) -> Rendered:
     """Write the segment's clip (MP4) to `clip_path` and its poster (JPEG) to `poster_path`.
     Raises RenderError when it cannot be replayed from what is given."""
+    env_id = gym_env_id(env_id)
     with _env_lock(env_id, size):
         return _encode(env_id, segment, clip_path, poster_path, size)
 

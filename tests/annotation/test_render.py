@@ -227,6 +227,7 @@ def test_classic_control_states_from_observations(tmp_path):
             size=64,
         )
         assert out.frames == 3 and (out.width, out.height) == (64, 64), env_id
+    assert rendering.gym_env_id("hopper-medium-v2") == "Hopper-v5"  # a D4RL name
     with pytest.raises(rendering.RenderError, match="infos/qpos"):
         rendering.segment_render(
             env_id="Hopper-v5",
