@@ -29,6 +29,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import DatabaseError, connection, transaction
@@ -197,7 +198,7 @@ def _render_one(item: Item) -> tuple[str, str, rendering.Rendered] | str:
             )
         except rendering.RenderError as exc:
             return shown(exc)
-        except (DatabaseError, MemoryError):
+        except (DatabaseError, MemoryError, SoftTimeLimitExceeded):
             raise
         except Exception as exc:
             # A bug in an environment's drawing, say: rendering it again fails again, so
@@ -229,7 +230,14 @@ def clips_render(*, item_ids: Iterable[int]) -> RenderReport:
         if item is None or item.clip_status != ClipStatus.PENDING:
             report.skipped.append(item_id)
             continue
-        outcome = _render_one(item)
+        try:
+            outcome = _render_one(item)
+        except SoftTimeLimitExceeded:
+            # One segment took the task's whole time: rendering it again would too. The
+            # batch's other pending items wait for the sweep.
+            _item_failed(item_id, "stopped at the render task's time limit (segment too long)")
+            clips_mark_ready(item_ids=ids)
+            raise
         if isinstance(outcome, str):
             _item_failed(item_id, outcome)
             report.failed.append(item_id)
