@@ -5,6 +5,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 VAR_DIR=/app/var STATIC_ROOT=/app/staticfiles
 WORKDIR /app
 
+# libosmesa6: software OpenGL for offscreen MuJoCo rendering of clips (MUJOCO_GL=osmesa).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libosmesa6 \
+    && rm -rf /var/lib/apt/lists/*
+
 COPY requirements.txt constraints.txt ./
 RUN pip install --no-cache-dir -c constraints.txt -r requirements.txt
 

@@ -42,6 +42,11 @@ demo: migrate
 /usr/bin/chromium:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 
+# Clip rendering draws MuJoCo offscreen with OSMesa (MUJOCO_GL=osmesa, software GL): Debian's
+# libosmesa6. Classic-control environments need no GL.
+/usr/lib/x86_64-linux-gnu/libOSMesa.so.8:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libosmesa6 >/dev/null
+
 # A second web host with its clock off, for the one-clock lease tests: Debian's faketime.
 /usr/bin/faketime:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null
@@ -56,7 +61,8 @@ demo: migrate
 
 test: install-dev
 	$(PY) -m feedback_app.preflight --require-servers
-	$(MAKE) --no-print-directory /usr/bin/chromium /usr/bin/docker-compose /usr/bin/faketime /usr/sbin/nginx
+	$(MAKE) --no-print-directory /usr/bin/chromium /usr/bin/docker-compose /usr/bin/faketime /usr/sbin/nginx \
+		/usr/lib/x86_64-linux-gnu/libOSMesa.so.8
 	$(PY) -m pytest
 
 lint: install-dev

@@ -10,6 +10,7 @@ from .models import (
     Assignment,
     Campaign,
     CampaignRole,
+    ClipStatus,
     Criterion,
     Dataset,
     Episode,
@@ -21,6 +22,7 @@ from .models import (
     Skip,
 )
 from .pair_order import PAIR_ORDERS
+from .services import clips as clip_services
 
 
 class ManagedCampaignFilter(admin.RelatedFieldListFilter):
@@ -208,10 +210,39 @@ class PromptAdmin(FrozenWhenJudgedAdmin):
 
 @admin.register(Item)
 class ItemAdmin(FrozenWhenJudgedAdmin):
-    list_display = ["id", "campaign", "external_id", "source", "created_at"]
+    list_display = ["id", "campaign", "external_id", "source", "clip_status", "created_at"]
     list_select_related = ["campaign"]
-    list_filter = [CAMPAIGN_FILTER]
-    raw_id_fields = ["prompt"]
+    list_filter = [CAMPAIGN_FILTER, "clip_status"]
+    raw_id_fields = ["prompt", "source_dataset"]
+    readonly_fields = ["clip_status", "clip_error", "clip_frames", "clip_fps", "clip_requested_at"]
+    actions = ["rerender_clips"]
+
+    def save_model(self, request, obj, form, change):
+        uploaded = "clip" in form.changed_data and bool(obj.clip)
+        if uploaded:  # a clip a person chose is shown as it is: ready
+            obj.clip_status = ClipStatus.READY
+            obj.clip_error = ""
+        super().save_model(request, obj, form, change)
+        if uploaded:
+            clip_services.clip_uploaded(item_id=obj.pk)
+
+    @admin.action(description="Re-render clips")
+    def rerender_clips(self, request: HttpRequest, queryset: Any) -> None:
+        # The changelist shows only items of campaigns the user manages (get_queryset).
+        by_campaign: dict[int, list[int]] = {}
+        for item_id, campaign_id in queryset.values_list("pk", "campaign_id"):
+            by_campaign.setdefault(campaign_id, []).append(item_id)
+        requested, kept = 0, 0
+        for campaign in Campaign.objects.filter(pk__in=by_campaign):
+            result = clip_services.clips_rerender(
+                campaign=campaign, item_ids=by_campaign[campaign.pk]
+            )
+            requested += len(result.requested)
+            kept += len(result.judged)
+        message = f"{requested} clip(s) will be rendered again."
+        if kept:
+            message += f" {kept} kept: their pairs have judgments or open leases."
+        self.message_user(request, message)
 
 
 @admin.register(Pair)

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import api, api_datasets
+from . import api, api_clips, api_datasets
 
 urlpatterns = [
     path(
@@ -23,6 +23,12 @@ urlpatterns = [
     ),
     path(
         "campaigns/<slug:slug>/members/", api.CampaignMembersView.as_view(), name="campaign-members"
+    ),
+    path("campaigns/<slug:slug>/clips/", api_clips.ClipsView.as_view(), name="campaign-clips"),
+    path(
+        "campaigns/<slug:slug>/clips/rerender/",
+        api_clips.ClipsRerenderView.as_view(),
+        name="campaign-clips-rerender",
     ),
     path("campaigns/<slug:slug>/next/", api.NextPairView.as_view(), name="campaign-next"),
     path("campaigns/<slug:slug>/prompts/", api.PromptBulkView.as_view(), name="campaign-prompts"),

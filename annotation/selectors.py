@@ -15,7 +15,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.cache import cache
 from django.db import connection, connections, transaction
-from django.db.models import Count, Max, Min, Q, QuerySet
+from django.db.models import Count, F, Max, Min, Q, QuerySet
 from django.db.models.functions import Now
 from psycopg.adapt import Loader
 
@@ -25,6 +25,7 @@ from . import permissions
 from .models import (
     Assignment,
     Campaign,
+    ClipStatus,
     Criterion,
     Dataset,
     Episode,
@@ -860,3 +861,46 @@ def dataset_by_id(*, dataset_id: int) -> Dataset | None:
     if not 0 < dataset_id < 2**63:
         return None
     return Dataset.objects.defer("metadata").filter(pk=dataset_id).first()
+
+
+# --- clips -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClipsSummary:
+    counts: dict[str, int]  # per clip status, every status named ("" as "none")
+    pairs_ready: int
+    pairs_waiting: int
+    failed: list[dict[str, Any]]  # id order, after `after`, at most `limit`
+    next_after: int | None  # the last failed id of a full page
+
+
+def clips_summary(*, campaign: Campaign, after: int = 0, limit: int = 100) -> ClipsSummary:
+    """Where the campaign's clips stand: items per clip status, pairs ready and waiting, and
+    a page of the failed items with their errors (by id, after `after`). Three statements."""
+    by_status = dict(
+        Item.objects.filter(campaign=campaign)
+        .values_list("clip_status")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    counts = {(s.value or "none"): int(by_status.get(s.value, 0)) for s in ClipStatus}
+    pairs = dict(
+        Pair.objects.filter(campaign=campaign)
+        .values_list("ready")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    failed = list(
+        Item.objects.filter(campaign=campaign, clip_status=ClipStatus.FAILED, pk__gt=after)
+        .order_by("pk")
+        .values("id", "external_id", "source_dataset_id", "episode", "start", "length")
+        .annotate(error=F("clip_error"))[:limit]
+    )
+    return ClipsSummary(
+        counts=counts,
+        pairs_ready=int(pairs.get(True, 0)),
+        pairs_waiting=int(pairs.get(False, 0)),
+        failed=failed,
+        next_after=failed[-1]["id"] if len(failed) == limit else None,
+    )

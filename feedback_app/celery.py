@@ -3,6 +3,7 @@ import os
 from celery import Celery
 from kombu import Queue as KombuQueue
 
+from annotation import task_names as annotation_tasks
 from labeling import task_names
 
 from .queues import Queue
@@ -18,5 +19,7 @@ app.conf.task_routes = {
     task_names.AGGREGATION_SWEEP: {"queue": Queue.LABELS.value},
     task_names.BUILD_EXPORT_SNAPSHOT: {"queue": Queue.EXPORTS.value},
     task_names.EXPORT_SNAPSHOT_SWEEP: {"queue": Queue.DEFAULT.value},
+    annotation_tasks.RENDER_CLIPS: {"queue": Queue.MEDIA.value},
+    annotation_tasks.CLIPS_SWEEP: {"queue": Queue.DEFAULT.value},
 }
 app.autodiscover_tasks()

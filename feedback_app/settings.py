@@ -10,6 +10,7 @@ from pathlib import Path
 
 import environ
 
+from annotation import task_names as annotation_tasks
 from labeling import task_names
 
 from .embedded import filesystem_broker_options, secret_key_from, sqlite_database
@@ -154,6 +155,13 @@ CELERY_BEAT_SCHEDULE = {
     # labeling/services/exports.py. A sweep not started within the minute is dropped.
     "export-snapshot-sweep": {
         "task": task_names.EXPORT_SNAPSHOT_SWEEP,
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
+    # Re-send clip renders whose task was lost and mark pairs whose two clips are ready but
+    # were missed (annotation/services/clips.py). Renders are minutes, so once a minute.
+    "clips-sweep": {
+        "task": annotation_tasks.CLIPS_SWEEP,
         "schedule": 60.0,
         "options": {"expires": 55},
     },
