@@ -70,6 +70,12 @@ def video_type(head: bytes) -> str | None:
     return None
 
 
+def poster_type(head: bytes) -> str | None:
+    """ "image/jpeg" for a JPEG (what the renderer writes as a clip's poster frame), else
+    None. A raster image runs no script, and responses say nosniff."""
+    return "image/jpeg" if head.startswith(b"\xff\xd8\xff") else None
+
+
 def read_head(handle: IO[bytes]) -> bytes:
     """The first HEAD_BYTES bytes of an open file, leaving its position where it was."""
     position = handle.tell()

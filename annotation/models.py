@@ -350,6 +350,11 @@ class Item(FrozenWhenJudged):
         store's own URL would skip the membership check."""
         return reverse("media", args=[self.clip.name]) if self.clip else ""
 
+    @property
+    def poster_url(self) -> str:
+        """The poster frame (rendered clips), through the same media view."""
+        return reverse("media", args=[self.poster.name]) if self.poster else ""
+
 
 def pair_group_key(item: Item) -> int:
     """The group a pair belongs to, for spreading leases: its prompt (text), or its dataset

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -150,15 +151,24 @@ def campaign_for(
     )
 
 
+POSTER_SUFFIX = ".jpg"
+
+
 def clip_item_for(*, user: AbstractBaseUser, name: str) -> Item | None:
-    """The item whose clip is stored under `name`, if `user` may see it: a member of the
-    item's campaign or one with a role in it."""
+    """The item whose clip (or poster frame) is stored under `name`, if `user` may see it: a
+    member of the item's campaign or one with a role in it."""
     # An index scan on item_clip, run on every request of a video (each Range request too).
     # Not .first(): its ORDER BY id could walk the primary key instead.
-    qs = Item.objects.filter(clip=name).filter(
+    if name.endswith(POSTER_SUFFIX):
+        # A rendered clip's poster is stored beside it (services/clips.py): found through
+        # the clip's index, and served only if it is that item's poster.
+        lookup = {"clip": name.removesuffix(POSTER_SUFFIX) + ".mp4", "poster": name}
+    else:
+        lookup = {"clip": name}
+    qs = Item.objects.filter(**lookup).filter(
         permissions.campaign_filter(user=user, need="view", prefix="campaign__")
     )
-    return next(iter(qs.only("id", "clip")[:1]), None)
+    return next(iter(qs.only("id", "clip", "poster")[:1]), None)
 
 
 def assignment_detail(*, assignment_id: int) -> Assignment:
@@ -877,7 +887,26 @@ class ClipsSummary:
 
 def clips_summary(*, campaign: Campaign, after: int = 0, limit: int = 100) -> ClipsSummary:
     """Where the campaign's clips stand: items per clip status, pairs ready and waiting, and
-    a page of the failed items with their errors (by id, after `after`). Three statements."""
+    a page of the failed items with their errors (by id, after `after`). Three statements,
+    read in one snapshot: the counts and the failed rows agree."""
+    with one_snapshot():
+        return _clips_summary(campaign=campaign, after=after, limit=limit)
+
+
+@contextlib.contextmanager
+def one_snapshot() -> Iterator[None]:
+    """Every statement inside reads one snapshot (PostgreSQL: REPEATABLE READ, READ ONLY;
+    SQLite's transactions are serialisable already). Inside a caller's transaction (the
+    tests'), its snapshot rules."""
+    outermost = not connection.in_atomic_block
+    with transaction.atomic():
+        if outermost and connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield
+
+
+def _clips_summary(*, campaign: Campaign, after: int, limit: int) -> ClipsSummary:
     by_status = dict(
         Item.objects.filter(campaign=campaign)
         .values_list("clip_status")

@@ -23,7 +23,13 @@ from django.views.decorators.http import require_http_methods
 from . import segments, selectors, services
 from .errors import ServiceError, shown
 from .models import Campaign
-from .permissions import can_create_campaign, can_import_datasets, can_view_datasets
+from .permissions import (
+    Need,
+    campaign_for,
+    can_create_campaign,
+    can_import_datasets,
+    can_view_datasets,
+)
 from .serializers import DATASET_UPLOAD_FORMATS, DatasetUploadInSerializer
 from .uploads import DatasetUploadHandler, upload_import, upload_length_check
 
@@ -169,3 +175,38 @@ def _form_int(raw: str, field: str) -> int:
         raise ServiceError(
             f"{field} must be a whole number, not {shown(raw)!r}.", field=field
         ) from None
+
+
+CLIPS_PAGE = "annotation/staff/campaign_clips.html"
+FAILED_SHOWN = 100
+
+
+@require_http_methods(["GET", "HEAD", "POST"])
+def campaign_clips(request: HttpRequest, slug: str) -> HttpResponse:
+    """A trajectory campaign's clips: how many are rendering, ready or failed, the pairs
+    ready to be shown, each failed segment with its error, and a re-render action. The
+    progress part refreshes itself (htmx) while clips are pending."""
+    user = request.user
+    if not user.is_authenticated:
+        return redirect_to_login(request.get_full_path())
+    try:
+        campaign = campaign_for(user=user, slug=slug, need=Need.MANAGE)
+    except ServiceError as exc:
+        raise PermissionDenied(exc.message) from None
+    if request.method == "POST":
+        result = services.clips_rerender(campaign=campaign)
+        messages.success(
+            request,
+            f"Asked again for {len(result.requested)} clip(s)"
+            + (f"; {len(result.judged)} kept: their pairs are judged." if result.judged else "."),
+        )
+        return redirect("annotation:staff-campaign-clips", slug=campaign.slug)
+    summary = selectors.clips_summary(campaign=campaign, limit=FAILED_SHOWN)
+    context = {
+        "campaign": campaign,
+        "summary": summary,
+        "total": sum(summary.counts.values()),
+        "failed_shown": FAILED_SHOWN,
+    }
+    template = f"{CLIPS_PAGE}#progress" if request.headers.get("HX-Request") else CLIPS_PAGE
+    return render(request, template, context)

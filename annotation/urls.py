@@ -12,6 +12,11 @@ urlpatterns = [
         staff_views.campaign_from_dataset,
         name="staff-campaign-from-dataset",
     ),
+    path(
+        "staff/campaigns/<slug:slug>/clips/",
+        staff_views.campaign_clips,
+        name="staff-campaign-clips",
+    ),
     path("c/<slug:slug>/", views.compare, name="compare"),
     path("c/<slug:slug>/lease/<int:assignment_id>/judge/", views.judge, name="judge"),
     path("c/<slug:slug>/lease/<int:assignment_id>/skip/", views.skip, name="skip"),

@@ -174,13 +174,14 @@ def renew(request: HtmxHttpRequest, slug: str, assignment_id: int) -> HttpRespon
 @login_required
 @require_GET
 def media(request: HttpRequest, name: str) -> HttpResponseBase:
-    """A clip, with Range support, for staff and members of its campaign only."""
+    """A clip (or its poster frame), with Range support, for staff and members of its
+    campaign only."""
     item = selectors.clip_item_for(user=_user(request), name=name)
     if item is None:
         raise Http404("No such file, or you may not see it.")
     return ranged_file_response(
         request,
         storage=default_storage,
-        name=item.clip.name,
+        name=name,  # the clip's or the poster's, as the selector matched it
         accel_prefix=settings.MEDIA_ACCEL_REDIRECT_PREFIX,
     )

@@ -1,8 +1,8 @@
 """File responses with HTTP Range support (RFC 9110 section 14), so browsers can seek and
 scrub video. Reads through Django's storage API, so an object store is a settings change.
 
-The content type comes from the file's first bytes, never its name: a playable video is
-served as one; a JSON-lines export as application/jsonl; anything else as an opaque download
+The content type comes from the file's first bytes, never its name: a playable video (or a
+clip's JPEG poster frame) is served as one; a JSON-lines export as application/jsonl; anything else as an opaque download
 (application/octet-stream, attachment) under a sandboxing Content-Security-Policy, so an
 .svg or .html that reached the store can never run script on our origin. Every answer says
 `nosniff`, so a browser does not second-guess the type either."""
@@ -17,7 +17,7 @@ from django.core.files.storage import Storage
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
-from annotation.clip_check import read_head, video_type
+from annotation.clip_check import poster_type, read_head, video_type
 
 CHUNK = 64 * 1024
 # What a file that is not a video is served under: no script, no plugins, no same-origin.
@@ -82,9 +82,9 @@ def _looks_like_jsonl(name: str, head: bytes) -> bool:
 
 def _typed(response: HttpResponseBase, *, name: str, head: bytes) -> None:
     response["X-Content-Type-Options"] = "nosniff"
-    video = video_type(head)
-    if video:
-        response["Content-Type"] = video
+    playable = video_type(head) or poster_type(head)
+    if playable:
+        response["Content-Type"] = playable
         return
     jsonl = _looks_like_jsonl(name, head)
     response["Content-Type"] = "application/jsonl" if jsonl else "application/octet-stream"

@@ -5,10 +5,12 @@
 - `imports`: bulk imports of prompts, items and pairs;
 - `datasets`: RL datasets imported from files, Minari or generated rollouts (field files plus
   their rows), and the sweep of what a killed import left behind;
-- `trajectories`: trajectory campaigns cut from a stored dataset.
+- `trajectories`: trajectory campaigns cut from a stored dataset;
+- `clips`: rendering segments' clips on the media workers, and pairs' readiness.
 """
 
 from .campaigns import campaign_create, campaign_role_set, membership_add
+from .clips import campaign_clips_request, clip_uploaded, clips_request, clips_rerender
 from .datasets import (
     dataset_generate,
     dataset_import,
@@ -29,6 +31,10 @@ from .leases import (
 from .trajectories import TrajectorySource, campaign_create_from_dataset, trajectory_cut
 
 __all__ = [
+    "campaign_clips_request",
+    "clip_uploaded",
+    "clips_request",
+    "clips_rerender",
     "Submitted",
     "TrajectorySource",
     "campaign_create_from_dataset",

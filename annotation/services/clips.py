@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -210,8 +210,10 @@ def _render_one(item: Item) -> tuple[str, str, rendering.Rendered] | str:
         # Names from a uuid (clip_upload_to), never from anything a person typed.
         with clip_path.open("rb") as fh:
             clip = default_storage.save(clip_upload_to(item, "clip.mp4"), File(fh))
+        # The poster beside its clip (same name, .jpg): the media view finds it through
+        # the clip's index (selectors.clip_item_for).
         with poster_path.open("rb") as fh:
-            poster = default_storage.save(clip_upload_to(item, "poster.jpg"), File(fh))
+            poster = default_storage.save(str(PurePosixPath(clip).with_suffix(".jpg")), File(fh))
     return clip, poster, rendered
 
 

@@ -19,13 +19,13 @@ from .. import segments
 from ..errors import NotFound, ServiceError, shown
 from ..models import Campaign, ClipStatus, Dataset, Episode, Item, Pair, pairs_prepare
 from .campaigns import campaign_create
+from .clips import clips_request
 
 SEGMENT_LENGTH_MAX = 10_000
 PAIRS_MAX = 200_000
 SEED_MAX = 2**32 - 1
 ROW_MAX = 2**31 - 1  # Item.start and Item.length are 32-bit columns
-# Clips are asked for as soon as the campaign is stored (services/clips.py).
-BATCH = 5_000
+BATCH = 5_000  # rows per INSERT
 
 
 @dataclass(frozen=True)
@@ -185,4 +185,7 @@ def campaign_create_from_dataset(
             for a, b in cut.pairs.tolist()
         ]
         Pair.objects.bulk_create(pairs_prepare(pairs), batch_size=BATCH)
+        # Marks the segments pending (database time) and sends their renders once this
+        # transaction commits; the sweep resends any whose message is lost.
+        clips_request(item_ids=[item.pk for item in items])
     return campaign
