@@ -6,3 +6,4 @@ routes each name to its queue."""
 
 RENDER_CLIPS = "annotation.tasks.render_clips"
 CLIPS_SWEEP = "annotation.tasks.clips_sweep"
+DATASETS_SWEEP = "annotation.tasks.datasets_sweep"

@@ -13,7 +13,7 @@ from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
 from . import task_names
-from .services import clips
+from .services import clips, datasets
 
 # A database or storage blip, not a bug: the batch is retried, items already ready skipped.
 # Past the retries the items stay pending and the sweep sends them again.
@@ -46,3 +46,9 @@ def render_clips(item_ids: list[int]) -> dict[str, int]:
 def clips_sweep() -> dict[str, int]:
     """Send again renders whose task was lost; mark pairs missed. Beat runs it."""
     return clips.clips_sweep()
+
+
+@shared_task(name=task_names.DATASETS_SWEEP, acks_late=True, soft_time_limit=300, time_limit=330)
+def datasets_sweep() -> int:
+    """Remove what killed imports and uploads left under DATASETS_ROOT. Beat runs it."""
+    return datasets.dataset_staging_sweep()

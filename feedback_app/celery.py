@@ -21,5 +21,8 @@ app.conf.task_routes = {
     task_names.EXPORT_SNAPSHOT_SWEEP: {"queue": Queue.DEFAULT.value},
     annotation_tasks.RENDER_CLIPS: {"queue": Queue.MEDIA.value},
     annotation_tasks.CLIPS_SWEEP: {"queue": Queue.DEFAULT.value},
+    annotation_tasks.DATASETS_SWEEP: {
+        "queue": Queue.DEFAULT.value
+    },  # web and workers share DATASETS_ROOT
 }
 app.autodiscover_tasks()

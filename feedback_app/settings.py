@@ -165,6 +165,13 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 60.0,
         "options": {"expires": 55},
     },
+    # Remove the staging folders and upload files a killed import left under DATASETS_ROOT
+    # (annotation/services/datasets.py), untouched for an hour.
+    "datasets-sweep": {
+        "task": annotation_tasks.DATASETS_SWEEP,
+        "schedule": 3600.0,
+        "options": {"expires": 3000},
+    },
 }
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_TASK_ACKS_LATE = True

@@ -31,6 +31,8 @@ from ..models import Dataset, Episode
 
 NAME_MAX = 200
 STAGING_PREFIX = ".import-"
+UPLOAD_PREFIX = ".upload-"  # annotation/uploads.py: a request body streamed to disk
+LEFTOVER_PREFIXES = (STAGING_PREFIX, UPLOAD_PREFIX)
 
 
 def dataset_name_clean(*, name: str) -> str:
@@ -200,8 +202,9 @@ def _dataset_store(
 
 
 def dataset_staging_sweep(*, older_than_seconds: float = 3600) -> int:
-    """Remove ``DATASETS_ROOT/.import-*`` directories untouched for `older_than_seconds` (what
-    a killed import leaves behind) and return how many were removed.
+    """Remove ``DATASETS_ROOT/.import-*`` directories and ``.upload-*`` files or directories
+    untouched for `older_than_seconds` (what a killed import or upload leaves behind) and
+    return how many were removed. Beat runs it hourly (annotation/tasks.py).
 
     A running import writes into its staging directory the whole time, so "untouched" is the
     newest modification time of the directory and the files in it; keep `older_than_seconds`
@@ -214,10 +217,15 @@ def dataset_staging_sweep(*, older_than_seconds: float = 3600) -> int:
     cutoff = time.time() - older_than_seconds
     removed = 0
     for entry in root.iterdir():
-        if not entry.name.startswith(STAGING_PREFIX):
+        if not entry.name.startswith(LEFTOVER_PREFIXES):
             continue
         try:
             info = entry.lstat()
+            if stat.S_ISREG(info.st_mode) and entry.name.startswith(UPLOAD_PREFIX):
+                if info.st_mtime <= cutoff:  # an upload's body, streamed to disk
+                    entry.unlink(missing_ok=True)
+                    removed += 1
+                continue
             if not stat.S_ISDIR(info.st_mode):  # never follow a link out of the root
                 continue
             newest = max([info.st_mtime] + [child.lstat().st_mtime for child in entry.iterdir()])

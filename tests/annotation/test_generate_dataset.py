@@ -250,3 +250,19 @@ def test_staging_sweep_removes_only_old_staging_dirs(root):
 def test_staging_sweep_without_a_root(settings, tmp_path):
     settings.DATASETS_ROOT = tmp_path / "never-made"
     assert services.dataset_staging_sweep() == 0
+
+
+def test_staging_sweep_removes_old_upload_files_and_folders_too(root):
+    root.mkdir(parents=True)
+    body = root / ".upload-abc"  # a request body streamed to disk by a killed upload
+    body.write_bytes(b"x")
+    extracted = root / ".upload-zip"  # a Minari archive's extraction
+    extracted.mkdir()
+    (extracted / "metadata.json").write_text("{}")
+    uploading = root / ".upload-live"
+    uploading.write_bytes(b"x")
+    long_ago = time.time() - 7200
+    for path in (body, extracted, extracted / "metadata.json"):
+        os.utime(path, (long_ago, long_ago))
+    assert services.dataset_staging_sweep(older_than_seconds=3600) == 2
+    assert sorted(p.name for p in root.iterdir()) == [".upload-live"]
