@@ -82,6 +82,13 @@ def webm_clip(tmp_path_factory):
     return path.read_bytes()
 
 
+@pytest.fixture(autouse=True)
+def _file_roots(settings, tmp_path):
+    """Every test's clips and datasets under its own temporary folder, never var/."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.DATASETS_ROOT = tmp_path / "datasets"
+
+
 @pytest.fixture
 def media_root(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path / "media"

@@ -37,3 +37,26 @@ def test_the_embedded_laptop_demo_keeps_its_documented_logins(settings):
     logins = seed()
     assert logins["admin"] == "admin-demo-pass"
     assert get_user_model().objects.get(username="annotator1").check_password("annotate-demo-1")
+
+
+@pytest.mark.django_db
+def test_the_demo_seeds_a_pendulum_campaign_whose_clips_are_asked_for(settings):
+    from annotation.models import Campaign, Dataset
+
+    settings.EMBEDDED_DATABASE = True
+    seed()
+    campaign = Campaign.objects.get(slug="demo-pendulum")
+    assert campaign.kind == "trajectory" and campaign.status == "active"
+    assert campaign.pairs.count() == 20 and campaign.members.count() == 3
+    dataset = Dataset.objects.get(name="pendulum-demo")
+    assert set(dataset.episodes.values_list("policy", flat=True)) == {
+        "expert",
+        "noisy-expert",
+        "random",
+    }
+    # Every segment waits for the media worker; no pair is shown before its clips are ready.
+    assert set(campaign.items.values_list("clip_status", flat=True)) == {"pending"}
+    assert not campaign.pairs.filter(ready=True).exists()
+    seed()  # idempotent: nothing new
+    assert Campaign.objects.filter(slug="demo-pendulum").get().pairs.count() == 20
+    assert Dataset.objects.count() == 1

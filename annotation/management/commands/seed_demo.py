@@ -1,4 +1,7 @@
-"""Seed the demo: a text campaign from the shipped JSONL, a staff user and three annotators.
+"""Seed the demo: a text campaign from the shipped JSONL, a trajectory campaign cut from
+Pendulum-v1 rollouts of three hand-written policies (expert, noisy, random; generated here in
+a second, their clips rendered by the media worker once it starts), a staff user and three
+annotators.
 
 Safe to re-run: existing users keep their rows, and the campaign's content is imported only
 once. Passwords: in embedded mode (a laptop demo on SQLite) the documented demo passwords,
@@ -19,10 +22,17 @@ from django.db import transaction
 from rest_framework.authtoken.models import Token
 
 from annotation import services
-from annotation.models import Campaign
+from annotation.models import Campaign, Dataset
 
 DATA = Path(__file__).resolve().parents[2] / "demo" / "demo_text_campaign.jsonl"
 SLUG = "demo-text"
+TRAJECTORY_SLUG = "demo-pendulum"
+TRAJECTORY_DATASET = "pendulum-demo"
+TRAJECTORY_INSTRUCTIONS = """Each clip shows a pendulum that an agent tries to swing up and hold
+**upright** with a limited torque (the arrow). Play both clips (Space), then pick the agent
+that does better: **upright sooner and held there steadily** beats swinging or spinning
+around. The two clips play in lock-step; `,` and `.` step a frame, `[` and `]` change speed.
+Keys 1-4 choose."""
 STAFF = ("admin", "admin-demo-pass")
 ANNOTATORS = [(f"annotator{n}", f"annotate-demo-{n}") for n in (1, 2, 3)]
 INSTRUCTIONS = """Read the conversation, then the two responses. Pick the one that a careful,
@@ -61,13 +71,21 @@ class Command(BaseCommand):
             campaign = Campaign.objects.filter(slug=SLUG).first()
             if campaign is None:
                 campaign = self._create_campaign(data)
+            trajectories = Campaign.objects.filter(slug=TRAJECTORY_SLUG).first()
+            if trajectories is None:
+                trajectories = self._create_trajectory_campaign(owner=users[0])
             for user in users[1:]:
                 services.membership_add(campaign=campaign, user=user)
-        self.stdout.write(
-            self.style.SUCCESS(
-                f"Campaign '{campaign.name}' ({campaign.slug}): "
-                f"{campaign.pairs.count()} pairs, k={campaign.judgments_per_pair}"
+                services.membership_add(campaign=trajectories, user=user)
+        for seeded in (campaign, trajectories):
+            self.stdout.write(
+                self.style.SUCCESS(
+                    f"Campaign '{seeded.name}' ({seeded.slug}): "
+                    f"{seeded.pairs.count()} pairs, k={seeded.judgments_per_pair}"
+                )
             )
+        self.stdout.write(
+            "  (the Pendulum clips are rendered by the media worker within a minute of start)"
         )
         self.stdout.write("Log in with:")
         for user, password in zip(users, shown, strict=True):
@@ -78,6 +96,34 @@ class Command(BaseCommand):
             )
         if not settings.EMBEDDED_DATABASE and any(p != "(unchanged)" for p in shown):
             self.stdout.write("These passwords are shown once; nothing else stores them.")
+
+    def _create_trajectory_campaign(self, *, owner) -> Campaign:
+        """Nine 200-step episodes (three per policy, seeded: the same demo every time), cut
+        into 50-step segments and paired across episodes. About 30 clips to render."""
+        if not Dataset.objects.filter(name=TRAJECTORY_DATASET).exists():
+            services.dataset_generate(
+                env_id="Pendulum-v1",
+                policies=["expert", "noisy-expert", "random"],
+                episodes=9,
+                seed=0,
+                name=TRAJECTORY_DATASET,
+            )
+        return services.campaign_create_from_dataset(
+            name="Demo: which agent swings the pendulum up better?",
+            slug=TRAJECTORY_SLUG,
+            owner=owner,
+            instructions=TRAJECTORY_INSTRUCTIONS,
+            judgments_per_pair=3,
+            status=Campaign.Status.ACTIVE,
+            source={
+                "dataset": TRAJECTORY_DATASET,
+                "segment_length": 50,
+                "stride": 50,
+                "pairs": 20,
+                "sampling": "across_episode",
+                "seed": 0,
+            },
+        )
 
     def _create_campaign(self, path: Path) -> Campaign:
         rows = [
