@@ -34,6 +34,10 @@ import numpy as np
 
 # Read by MuJoCo when gymnasium's MuJoCo environments are first imported: set before that.
 os.environ.setdefault("MUJOCO_GL", "osmesa")
+# Classic control draws with pygame into an off-screen surface: no display, no sound card
+# (without these SDL looks for both and complains on a headless worker).
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 if os.environ["MUJOCO_GL"] == "osmesa":
     os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
 
