@@ -276,3 +276,23 @@ def test_the_command_creates_the_same_campaign(dataset, capsys):
         )
     assert not Campaign.objects.filter(slug="x").exists()
     assert Dataset.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_the_compare_page_waits_for_clips_instead_of_saying_nothing_is_left(
+    client, api, staff, dataset
+):
+    api.force_authenticate(staff)
+    assert create(api, pairs=2).status_code == 201
+    campaign = Campaign.objects.get(slug="swing")
+    annotator = UserFactory()
+    services.membership_add(campaign=campaign, user=annotator)
+    client.force_login(annotator)
+    page = client.get("/c/swing/")
+    assert page.status_code == 503
+    assert b"being rendered" in page.content and b"Nothing left" not in page.content
+    polled = client.get("/c/swing/", HTTP_HX_REQUEST="true")
+    assert polled.status_code == 200 and b'hx-trigger="every 10s"' in polled.content
+    mark_ready(Item.objects.filter(campaign=campaign))
+    page = client.get("/c/swing/")
+    assert page.status_code == 200 and page.content.count(b'<video class="clip"') == 2
