@@ -15,7 +15,9 @@ Formats (the field names are D4RL's, the same in both):
 
 Required fields: ``observations``, ``actions``, ``rewards``, ``terminals``, ``timeouts``;
 optional: ``next_observations``, ``infos/qpos``, ``infos/qvel`` (MuJoCo states) and
-``infos/state`` (a classic-control environment's state vector, for rendering). Every field has one row per
+``infos/state`` (a classic-control environment's state vector, for rendering) and
+``infos/frames`` (one RGB image per row, uint8 ``(N, H, W, 3)``: clips are made from these
+as they are, for environments that cannot be replayed). Every field has one row per
 transition, in source order: row i of every written array is row i of the source file, so a
 per-transition result can be written back to the source by row number.
 
@@ -46,7 +48,7 @@ import numpy as np
 
 FORMATS = ("d4rl", "npz", "minari")
 REQUIRED = ("observations", "actions", "rewards", "terminals", "timeouts")
-OPTIONAL = ("next_observations", "infos/qpos", "infos/qvel", "infos/state")
+OPTIONAL = ("next_observations", "infos/qpos", "infos/qvel", "infos/state", "infos/frames")
 FLAGS = ("terminals", "timeouts")
 PER_ROW_SCALAR = ("rewards", "terminals", "timeouts")  # shape (N,)
 CHUNK_ROWS = 65_536
@@ -223,6 +225,14 @@ def _fields_check(fields: dict[str, _Field]) -> int:
             raise DatasetError(f"field '{name}' has {f.shape[0]} rows; 'observations' has {n}.")
         if name in PER_ROW_SCALAR and len(f.shape) != 1:
             raise DatasetError(f"field '{name}' has shape {f.shape}; expected ({n},).")
+    frames = fields.get("infos/frames")
+    if frames is not None and (
+        frames.dtype != np.uint8 or len(frames.shape) != 4 or frames.shape[3] not in (3, 4)
+    ):
+        raise DatasetError(
+            f"field 'infos/frames' has shape {frames.shape} and dtype {frames.dtype}; "
+            "expected uint8 (N, height, width, 3) RGB images."
+        )
     nexts = fields.get("next_observations")
     if nexts is not None and nexts.shape != fields["observations"].shape:
         raise DatasetError(

@@ -61,6 +61,7 @@ class Segment:
     state: np.ndarray | None = None  # infos/state
     qpos: np.ndarray | None = None  # infos/qpos
     qvel: np.ndarray | None = None  # infos/qvel
+    frames: np.ndarray | None = None  # infos/frames: images stored with the dataset
 
     def __len__(self) -> int:
         return len(self.observations)
@@ -228,6 +229,16 @@ def _frames(env_id: str, seg: Segment, size: int) -> tuple[Iterator[np.ndarray],
     frame when the segment cannot be replayed."""
     if len(seg) == 0:
         raise RenderError("the segment has no rows")
+    if seg.frames is not None:
+        if len(seg.frames) != len(seg):
+            raise RenderError(f"{len(seg.frames)} stored frames for {len(seg)} rows")
+        fps = DEFAULT_FPS
+        if env_id:
+            try:
+                fps = float(env_for(gym_env_id(env_id), size=size).metadata["render_fps"])
+            except Exception:  # an id gymnasium does not know: the stored frames suffice
+                fps = DEFAULT_FPS
+        return iter(seg.frames), fps
     classic = _CLASSIC.get(_base_id(env_id))
     if classic is None and (seg.qpos is None or seg.qvel is None):
         # Not a known classic-control task and no MuJoCo state: fail before creating the env
@@ -283,6 +294,8 @@ def segment_render(
 ) -> Rendered:
     """Write the segment's clip (MP4) to `clip_path` and its poster (JPEG) to `poster_path`.
     Raises RenderError when it cannot be replayed from what is given."""
+    if segment.frames is not None:  # drawn when the data was collected: encoded as stored
+        return _encode(env_id, segment, clip_path, poster_path, size)
     env_id = gym_env_id(env_id)
     with _env_lock(env_id, size):
         return _encode(env_id, segment, clip_path, poster_path, size)

@@ -134,6 +134,7 @@ def _segment(item: Item) -> rendering.Segment:
         state=rows("infos/state"),
         qpos=rows("infos/qpos"),
         qvel=rows("infos/qvel"),
+        frames=rows("infos/frames"),
     )
 
 
@@ -188,11 +189,14 @@ def _render_one(item: Item) -> tuple[str, str, rendering.Rendered] | str:
     with tempfile.TemporaryDirectory(prefix="clip-") as tmp:
         clip_path, poster_path = Path(tmp) / "clip.mp4", Path(tmp) / "poster.jpg"
         try:
-            if not env_id:
-                raise rendering.RenderError("the dataset names no environment (env_id)")
+            segment = _segment(item)
+            if not env_id and segment.frames is None:
+                raise rendering.RenderError(
+                    "the dataset names no environment (env_id) and stores no infos/frames"
+                )
             rendered = rendering.segment_render(
                 env_id=env_id,
-                segment=_segment(item),
+                segment=segment,
                 clip_path=clip_path,
                 poster_path=poster_path,
             )

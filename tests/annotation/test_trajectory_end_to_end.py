@@ -13,7 +13,7 @@ from celery.contrib.testing.worker import start_worker
 from django.test import Client
 
 from annotation import dataset_io, services
-from annotation.models import Campaign, ClipStatus, Item, Pair
+from annotation.models import Campaign, ClipStatus, Dataset, Item, Pair
 from feedback_app.celery import app
 from tests.factories import UserFactory
 
@@ -216,3 +216,61 @@ def test_the_clips_page_lists_failures_and_re_renders_them(client, staff, small_
     client.force_login(annotator)
     assert client.get("/staff/campaigns/c/clips/").status_code == 403
     assert client.get("/staff/campaigns/from-dataset/").status_code == 403
+
+
+def frames_npz(path, *, rows=24, episode=12):
+    """Rollouts whose images were stored when they were collected (infos/frames): row i is
+    a flat colour whose red channel is 10 * i, so the clip can be checked against them."""
+    timeouts = np.zeros(rows, dtype=bool)
+    timeouts[episode - 1 :: episode] = True
+    frames = np.zeros((rows, 32, 48, 3), dtype=np.uint8)
+    frames[..., 0] = (10 * np.arange(rows, dtype=np.uint8))[:, None, None]
+    frames[..., 2] = 200
+    np.savez(
+        path,
+        observations=np.zeros((rows, 2), dtype=np.float32),
+        actions=np.zeros((rows, 1), dtype=np.float32),
+        rewards=np.zeros(rows, dtype=np.float32),
+        terminals=np.zeros(rows, dtype=bool),
+        timeouts=timeouts,
+        **{"infos/frames": frames},
+    )
+    return path
+
+
+def test_clips_come_from_frames_stored_with_the_dataset(worker, storage):
+    from io import BytesIO
+
+    from django.core.files.storage import default_storage
+    from PIL import Image
+
+    dataset = services.dataset_import(
+        path=frames_npz(storage / "frames.npz"), source_format="npz", name="framed"
+    )
+    assert "infos/frames" in dataset.fields and dataset.env_id == ""
+    campaign = services.campaign_create_from_dataset(
+        name="f",
+        slug="f",
+        source={"dataset": "framed", "segment_length": 6, "stride": 6, "pairs": 3},
+    )
+    assert wait_for(lambda: not campaign.items.filter(clip_status="pending").exists())
+    for item in campaign.items.all():
+        assert item.clip_status == "ready", item.clip_error
+        assert item.clip_frames == 6
+        with default_storage.open(item.poster.name, "rb") as fh:
+            red, _, blue = Image.open(BytesIO(fh.read())).convert("RGB").getpixel((24, 16))
+        assert abs(red - 10 * item.start) <= 8 and abs(blue - 200) <= 8  # the first row's image
+    assert not campaign.pairs.filter(ready=False).exists()
+
+
+@pytest.mark.django_db
+def test_stored_frames_must_be_rgb_images(storage):
+    from annotation.errors import ServiceError
+
+    path = frames_npz(storage / "frames.npz")
+    data = dict(np.load(path))
+    data["infos/frames"] = data["infos/frames"][..., 0].astype(np.float32)  # (N, H, W) floats
+    np.savez(path, **data)
+    with pytest.raises(ServiceError, match="infos/frames"):
+        services.dataset_import(path=path, source_format="npz", name="bad")
+    assert not Dataset.objects.exists()
