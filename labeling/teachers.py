@@ -1,7 +1,7 @@
 """Scripted teachers: simulated annotators that answer preference queries from true rewards.
 
 Model (Lee, Smith, Dragan & Abbeel 2021, "B-Pref: Benchmarking Preference-Based
-Reinforcement Learning", NeurIPS Datasets and Benchmarks, sec. 3.2). A query shows two
+Reinforcement Learning", NeurIPS Datasets and Benchmarks Track). A query shows two
 segments, segment k being the rewards r^k_0 .. r^k_{H_k - 1} of H_k consecutive steps. The
 teacher works with two returns per segment,
 
@@ -9,7 +9,7 @@ teacher works with two returns per segment,
     R^k_gamma = sum_t gamma^(H_k - 1 - t) r^k_t,  0 < gamma <= 1   (the myopic return)
 
 so a myopic teacher (gamma < 1) weighs the last step fully and forgets earlier ones
-geometrically, and prefers segment 1 with the Bradley-Terry probability (B-Pref eq. 3)
+geometrically, and prefers segment 1 with B-Pref's Bradley-Terry probability
 
     P(segment 1 preferred) = sigma(beta * (R^1_gamma - R^2_gamma)),   sigma(x) = 1/(1 + e^-x).
 
@@ -107,7 +107,7 @@ ANSWER_NAMES: tuple[str, str, str, str] = ("first", "second", "tie", "skip")
 # sequence of 1-D arrays, one per query, of any lengths.
 Rewards = ArrayLike | Sequence[ArrayLike]
 
-# B-Pref's settings for its presets (README of the B-Pref code release and sec. 5).
+# B-Pref's settings for its presets, as the paper's experiments and its code release use them.
 _STOCHASTIC_BETA = 1.0
 _MYOPIC_GAMMA = 0.9
 _MISTAKE_EPSILON = 0.1
@@ -201,7 +201,10 @@ class Teacher:
         """B-Pref's "Skip": rational, but skips when max(R^1, R^2) < fraction * the mean
         return of a segment (B-Pref: 0.1 times the current policy's average)."""
         level = _real(mean_segment_return, name="mean_segment_return")
-        return cls(skip_below=_real(fraction, name="fraction") * level, seed=seed)
+        fraction = _real(fraction, name="fraction")
+        if fraction < 0:
+            raise ValueError(f"fraction must be >= 0, got {fraction}")
+        return cls(skip_below=fraction * level, seed=seed)
 
     @classmethod
     def equal(
@@ -244,14 +247,17 @@ class Answers:
     """A batch of answers, row k answering query k.
 
     ``choice``: FIRST, SECOND, TIE or SKIP (int8). ``p_first``: sigma(beta * (R^1_gamma -
-    R^2_gamma)), the probability with which the preference was drawn, before mistakes
-    (computed for every row, also those that were skipped or tied). ``mistaken``: rows whose
+    R^2_gamma)), the probability with which the preference was drawn, before mistakes;
+    ``p_answer_first``: (1 - epsilon) p_first + epsilon (1 - p_first), the probability of
+    FIRST once mistakes are included. Both are computed for every row, also those that were
+    skipped or tied, whose answers do not come from them. ``mistaken``: rows whose
     drawn preference was flipped (never a TIE or SKIP row). ``returns_*``: the plain returns R,
     which decide skip and tie; ``myopic_returns_*``: R_gamma (equal to R when gamma = 1).
     """
 
     choice: AnswerArray
     p_first: FloatArray
+    p_answer_first: FloatArray
     mistaken: BoolArray
     returns_1: FloatArray
     returns_2: FloatArray
@@ -261,13 +267,6 @@ class Answers:
     def names(self) -> list[str]:
         """The answers as "first", "second", "tie", "skip"."""
         return [ANSWER_NAMES[int(value)] for value in self.choice]
-
-    def p_answer_first(self, epsilon: float) -> FloatArray:
-        """P(the answer is FIRST | not skipped, not tied) once mistakes are included:
-        (1 - epsilon) p_first + epsilon (1 - p_first)."""
-        return np.asarray(
-            (1.0 - epsilon) * self.p_first + epsilon * (1.0 - self.p_first), dtype=np.float64
-        )
 
 
 # --- returns ---------------------------------------------------------------------------------
@@ -385,6 +384,10 @@ def _answer_returns(
     return Answers(
         choice=choice,
         p_first=p_first,
+        p_answer_first=np.asarray(
+            (1.0 - teacher.epsilon) * p_first + teacher.epsilon * (1.0 - p_first),
+            dtype=np.float64,
+        ),
         mistaken=mistaken & ~(tied | skipped),
         returns_1=plain_1,
         returns_2=plain_2,

@@ -135,9 +135,7 @@ def test_mistake_flips_about_epsilon_of_answers() -> None:
     assert teacher.epsilon == 0.1
     np.testing.assert_array_equal(wrong, answers.mistaken)
     assert _within_binomial(int(wrong.sum()), n, 0.1)
-    np.testing.assert_allclose(
-        answers.p_answer_first(teacher.epsilon), np.where(rational == FIRST, 0.9, 0.1)
-    )
+    np.testing.assert_allclose(answers.p_answer_first, np.where(rational == FIRST, 0.9, 0.1))
 
 
 # --- equal and skip --------------------------------------------------------------------------
