@@ -49,9 +49,9 @@ so on held-out labels no model beats
 
 Randomness. Every call of :func:`answer` draws exactly two uniforms per query (one for the
 preference, one for the mistake) from the generator it is given, whatever the teacher's
-settings. Teachers that differ only in epsilon or thresholds, fed the same stream, therefore
-answer the remaining queries identically: comparisons between teachers are not blurred by
-resampling. Each simulated annotator gets its own stream, ``Teacher.rng(annotator=k)``,
+settings. Teachers that differ only in their thresholds, fed the same stream, therefore give
+the same answer to every query neither skips nor ties, and a larger epsilon only adds flips
+to a smaller one's: comparisons between teachers are not blurred by resampling. Each simulated annotator gets its own stream, ``Teacher.rng(annotator=k)``,
 which is child k of ``numpy.random.SeedSequence(seed).spawn(...)``: streams of different
 annotators are independent, and the same seed replays the same answers.
 
