@@ -83,6 +83,7 @@ from typing import Literal
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
+import scipy.sparse.csgraph as csgraph
 from numpy.typing import ArrayLike
 from scipy.special import expit
 from scipy.stats import norm
@@ -187,44 +188,63 @@ def _block_cg(
 
 
 def _diag_stochastic(
-    hessian: sp.csr_matrix, *, probes: int, rng: np.random.Generator, rtol: float
+    hessian: sp.csr_matrix, *, l2: float, probes: int, rng: np.random.Generator, rtol: float
 ) -> FloatArray:
     """diag(P H^-1 P) by Hutchinson's estimator on the residual of a Neumann-series control
-    variate (module docstring)."""
+    variate (module docstring), per connected component of the comparison graph."""
     n = hessian.shape[0]
     d = hessian.diagonal()
     adjacency = sp.diags(d).tocsr() - hessian  # A >= 0, zero diagonal
     adjacency.eliminate_zeros()
     inv_d = 1.0 / d
+    n_components, label = csgraph.connected_components(adjacency, directed=False)
+    size = np.bincount(label, minlength=n_components).astype(np.float64)
+    if n_components > 1 and l2 == 0:
+        raise ValueError("l2 = 0 needs a connected comparison graph")
+
+    def component_mean(v: FloatArray) -> FloatArray:
+        """Each row replaced by the mean of its component's rows (Q = I minus this)."""
+        sums = np.stack(
+            [np.bincount(label, weights=column, minlength=n_components) for column in v.T],
+            axis=1,
+        )
+        return np.asarray((sums / size[:, None])[label], dtype=np.float64)
 
     def neumann(v: FloatArray) -> FloatArray:
-        """M v, M = D^-1 + D^-1 A D^-1 + D^-1 A D^-1 A D^-1, columns of v at once."""
-        first = inv_d[:, None] * v if v.ndim == 2 else inv_d * v
-        second = (adjacency @ first) * (inv_d[:, None] if v.ndim == 2 else inv_d)
-        third = (adjacency @ second) * (inv_d[:, None] if v.ndim == 2 else inv_d)
+        """M v, M = D^-1 + D^-1 A D^-1 + D^-1 A D^-1 A D^-1, for the columns of v."""
+        first = inv_d[:, None] * v
+        second = (adjacency @ first) * inv_d[:, None]
+        third = (adjacency @ second) * inv_d[:, None]
         return np.asarray(first + second + third, dtype=np.float64)
 
-    # diag(P M P)_k = M_kk - 2 (M 1)_k / n + 1'M1 / n^2, where the middle term of M has a
-    # zero diagonal and the last contributes sum_j A_kj^2 / (d_k^2 d_j).
+    # A component's constant vector 1_C is an eigenvector of H with eigenvalue l2, so with
+    # Q removing component means, H^-1 = Q H^-1 Q + sum_C 1_C 1_C' / (|C| l2), and
+    #   (P H^-1 P)_kk = (Q H^-1 Q)_kk + 1 / (|C_k| l2) - 1 / (n l2).
+    # Those constant modes are what the Neumann series misses (and, at small l2, what would
+    # swamp the probes), so the probes see only Q H^-1 Q. diag(Q M Q)_k is
+    # M_kk - 2 (M 1)_k / |C_k| + (1_C' M 1)/|C_k|^2 (M is block-diagonal by component), with
+    # M_kk = 1/d_k + sum_j A_kj^2 / (d_k^2 d_j): the middle term of M has a zero diagonal.
     squared = adjacency.multiply(adjacency).tocsr()
     m_diag = inv_d + inv_d**2 * (squared @ inv_d)
-    m_ones = neumann(np.ones(n))
-    control = m_diag - 2.0 * m_ones / n + float(m_ones.sum()) / n**2
+    m_ones = neumann(np.ones((n, 1)))[:, 0]
+    m_component = np.bincount(label, weights=m_ones, minlength=n_components)
+    control = m_diag - 2.0 * m_ones / size[label] + (m_component / size**2)[label]
+    if n_components > 1:  # l2 > 0 here
+        control += 1.0 / (size[label] * l2) - 1.0 / (n * l2)
 
-    def k_apply(v: FloatArray) -> FloatArray:  # K = H + 11'/n
-        return np.asarray(hessian @ v + v.mean(axis=0), dtype=np.float64)
+    def k_apply(v: FloatArray) -> FloatArray:  # K = H + sum_C 1_C 1_C' / |C|
+        return np.asarray(hessian @ v + component_mean(v), dtype=np.float64)
 
-    k_inv_diag = 1.0 / (d + 1.0 / n)
+    k_inv_diag = 1.0 / (d + 1.0 / size[label])
     residual_sum = np.zeros(n)
     done = 0
     while done < probes:
         block = min(_PROBE_BLOCK, probes - done)
         z = rng.choice(np.array([-1.0, 1.0]), size=(n, block))
-        y = z - z.mean(axis=0)  # P z
-        x = _block_cg(k_apply, y, k_inv_diag, rtol=rtol)  # K^-1 P z = P H^-1 P z
+        y = z - component_mean(z)  # Q z
+        x = _block_cg(k_apply, y, k_inv_diag, rtol=rtol)  # K^-1 Q z = Q H^-1 Q z
         my = neumann(y)
-        pmpz = my - my.mean(axis=0)
-        residual_sum += np.einsum("ij,ij->i", z, x - pmpz)
+        residual_sum += np.einsum("ij,ij->i", z, x - (my - component_mean(my)))
         done += block
     return np.asarray(control + residual_sum / probes, dtype=np.float64)
 
@@ -261,7 +281,7 @@ def laplace_variances(
         variances = _diag_dense(hessian, l2=l2)
     elif method == "stochastic":
         rng = np.random.default_rng(seed)
-        variances = _diag_stochastic(hessian, probes=probes, rng=rng, rtol=rtol)
+        variances = _diag_stochastic(hessian, l2=l2, probes=probes, rng=rng, rtol=rtol)
     else:
         raise ValueError(f"unknown method {method!r}")
     if not centred:
