@@ -21,6 +21,14 @@ resample is fitted at the full data's l2 (re-choosing l2 per resample would add 
 own noise to the interval) and from zero: ``fit`` takes no starting point, and Newton from
 zero costs only a few more steps than from s*.
 
+The two answer different questions, and differ when the prior is strong. Laplace gives the
+posterior's spread, var = (F + l2 I)^-1 with F the data's curvature; the bootstrap gives the
+spread of the MAP estimate over datasets, about (F + l2 I)^-1 F (F + l2 I)^-1, smaller by
+roughly F / (F + l2) per item. With many judgments per item (F >> l2) they agree (tests); on
+bench/bt_fit.py's noisy campaign, ten judgments per item and l2 ~ 2, bootstrap intervals are
+about 0.7 times as wide. For "where might this item's true score be" the posterior is the
+honest answer; the bootstrap is what Chatbot Arena-style tables report.
+
 What the intervals are about. The likelihood depends on score differences only; a common
 shift of every score is pinned by the prior N(0, I / l2) alone, and the MAP is exactly centred
 (the data part of the gradient sums to zero, so at the optimum l2 * sum(s*) = 0). H has
@@ -39,9 +47,11 @@ by the prior's shrinkage, which is small next to se once l2 << the data's curvat
 
 Computing diag(P H^-1 P). Both ways solve with K = H + 11'/n, which equals H off the all-ones
 direction and is positive definite even for l2 = 0 on a connected graph; then
-P H^-1 P = K^-1 - 11' / (n (l2 + 1)).
+P H^-1 P = K^-1 - 11' / (n (l2 + 1)). (When the graph falls apart into components, each
+component's common shift is again pinned by the prior only; the stochastic path removes
+those modes exactly, so a weak prior does not drown its probes.)
 
-* Up to ``_DENSE_MAX_ITEMS`` items: dense Cholesky of K, exact, O(n^3) (0.1 s at n = 2000).
+* Up to ``_DENSE_MAX_ITEMS`` items: dense Cholesky of K, exact, O(n^3) (about 0.2 s at n = 1000).
 * Beyond: stochastic diagonal estimation (Hutchinson 1990, "A stochastic estimator of the
   trace of the influence matrix for Laplacian smoothing splines"; Bekas, Kokiopoulou & Saad
   2007, "An estimator for the diagonal of a matrix"): diag(V) = E[z * V z] for Rademacher z.
@@ -77,6 +87,7 @@ Pure numpy/scipy; no Django imports.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -102,7 +113,7 @@ __all__ = [
 ]
 
 # Up to this many items diag(H^-1) is computed exactly by dense Cholesky.
-_DENSE_MAX_ITEMS = 3000
+_DENSE_MAX_ITEMS = 1000
 # Stochastic path: probes solved together per block (memory: n * block floats per vector).
 _PROBE_BLOCK = 16
 _CG_MAX_ITER = 500
@@ -162,11 +173,14 @@ def _diag_dense(hessian: sp.csr_matrix, *, l2: float) -> FloatArray:
 
 
 def _block_cg(
-    apply: object, rhs: FloatArray, inverse_diagonal: FloatArray, *, rtol: float
+    apply: Callable[[FloatArray], FloatArray],
+    rhs: FloatArray,
+    inverse_diagonal: FloatArray,
+    *,
+    rtol: float,
 ) -> FloatArray:
     """Jacobi-preconditioned conjugate gradients on every column of ``rhs`` at once: one
     sparse-times-dense product per iteration for the whole block."""
-    assert callable(apply)
     x = np.zeros_like(rhs)
     r = rhs.copy()
     z = inverse_diagonal[:, None] * r
@@ -369,7 +383,10 @@ def bootstrap_intervals(
     for b in range(resamples):
         counts = np.bincount(rng.integers(0, m, m), minlength=m).astype(np.float64)
         resampled = bt.comparisons_from_outcomes(
-            n_items=n_items, first=first, second=second, outcome=outcome_arr,
+            n_items=n_items,
+            first=first,
+            second=second,
+            outcome=outcome_arr,
             weight=base_weight * counts,
         )
         draws[b] = bt.fit(comparisons=resampled, l2=full.l2, tol=tol).scores
@@ -464,8 +481,15 @@ def source_scores(
         intervals = laplace_intervals(comparisons=comparisons, fitted=fitted, level=level)
     elif interval == "bootstrap":
         intervals = bootstrap_intervals(
-            n_items=n_sources, first=a, second=b, outcome=o, weight=w, l2=l2,
-            resamples=resamples, level=level, seed=seed,
+            n_items=n_sources,
+            first=a,
+            second=b,
+            outcome=o,
+            weight=w,
+            l2=l2,
+            resamples=resamples,
+            level=level,
+            seed=seed,
         )
     else:
         raise ValueError(f"unknown interval {interval!r}")
@@ -475,4 +499,3 @@ def source_scores(
         judgments=np.asarray(games, dtype=np.float64),
         dropped_same_source=int(np.count_nonzero(~cross)),
     )
-

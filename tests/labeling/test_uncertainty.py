@@ -71,9 +71,7 @@ def test_stochastic_variances_match_dense() -> None:
     first, second, outcome = _simulate(rng, true_scores=rng.normal(size=n), n_judgments=4000)
     c = bt.comparisons_from_outcomes(n_items=n, first=first, second=second, outcome=outcome)
     fitted = bt.fit(comparisons=c)
-    exact = unc.laplace_variances(
-        comparisons=c, scores=fitted.scores, l2=fitted.l2, method="dense"
-    )
+    exact = unc.laplace_variances(comparisons=c, scores=fitted.scores, l2=fitted.l2, method="dense")
     estimate = unc.laplace_variances(
         comparisons=c, scores=fitted.scores, l2=fitted.l2, method="stochastic", seed=3
     )
@@ -124,9 +122,7 @@ def test_laplace_intervals_shape_and_level() -> None:
 def test_laplace_and_bootstrap_widths_agree_when_well_conditioned() -> None:
     rng = np.random.default_rng(6)
     n = 8
-    first, second, outcome = _simulate(
-        rng, true_scores=np.linspace(-1.0, 1.0, n), n_judgments=3000
-    )
+    first, second, outcome = _simulate(rng, true_scores=np.linspace(-1.0, 1.0, n), n_judgments=3000)
     c = bt.comparisons_from_outcomes(n_items=n, first=first, second=second, outcome=outcome)
     fitted = bt.fit(comparisons=c, l2=0.01)
     laplace = unc.laplace_intervals(comparisons=c, fitted=fitted)
