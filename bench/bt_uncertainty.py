@@ -35,7 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--judgments", type=int, default=1_000_000)
-    parser.add_argument("--probes", type=int, default=32)
+    parser.add_argument("--probes", type=int, default=16)
     parser.add_argument("--reference-probes", type=int, default=128)
     parser.add_argument("--resamples", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1)
