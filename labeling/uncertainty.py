@@ -370,6 +370,9 @@ def bootstrap_intervals(
     weight: the same as repeating rows, without copying them."""
     if resamples < 2:
         raise ValueError(f"resamples must be >= 2, got {resamples}")
+    if l2 == 0:
+        # A resample can leave an item that won every comparison it kept: no finite MLE.
+        raise ValueError("the bootstrap needs l2 > 0 (or None, to choose it from the data)")
     _z_value(level)
     outcome_arr = np.asarray(outcome, dtype=np.float64)
     base_weight = (

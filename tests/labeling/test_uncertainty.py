@@ -144,6 +144,8 @@ def test_bootstrap_is_seeded_and_respects_weights() -> None:
     np.testing.assert_array_equal(one.lower, two.lower)
     ones = unc.bootstrap_intervals(**kwargs, weight=np.ones(200), resamples=20, seed=1)
     np.testing.assert_array_equal(one.upper, ones.upper)
+    with pytest.raises(ValueError, match="l2 > 0"):
+        unc.bootstrap_intervals(**{**kwargs, "l2": 0.0}, resamples=20)
 
 
 def test_laplace_intervals_cover_true_centred_scores() -> None:
