@@ -6,8 +6,8 @@ Laplace (the default). The log-posterior f of ``bradley_terry`` is close to quad
 maximum s*, so the posterior is approximately N(s*, H^-1) with H = -Hess f(s*), the graph
 Laplacian with edge weights n sigma(d) sigma(-d) plus l2 I (Laplace 1774; MacKay 2003,
 "Information Theory, Inference, and Learning Algorithms", ch. 27). A score's standard error
-is sqrt((H^-1)_kk) and its 95% interval s*_k +- 1.96 se_k. Cost: one factorisation, or a few
-dozen conjugate-gradient solves, at any campaign size.
+is sqrt((H^-1)_kk) and its 95% interval s*_k +- 1.96 se_k. Cost: one dense factorisation
+for small campaigns, else one block of 16 conjugate-gradient solves (below).
 
 Bootstrap. Resample the judgments with replacement, refit, and take the 2.5 and 97.5
 percentiles of each item's refitted score (Efron 1979, "Bootstrap methods: another look at the
@@ -15,18 +15,21 @@ jackknife", Annals of Statistics 7; the percentile bootstrap is what Chiang et a
 "Chatbot Arena: an open platform for evaluating LLMs by human preference", report). It needs
 no Gaussian assumption, so it is the one to trust when few judgments touch an item (a
 posterior that is skewed, e.g. an item that won all of its three comparisons) and for small
-campaigns, where B fits are cheap. It costs B full fits: about B seconds at a million
-judgments, against a couple of seconds for Laplace; so large campaigns use Laplace. Every
+campaigns, where B fits are cheap. It costs B full fits: about 1.2 s each at 100k items and
+a million judgments (two shared cores, docs/benchmarks.md), so B = 1000, which 2.5% tails
+need to be more than a rough guess, is twenty minutes; Laplace takes about 4 s there (as
+much as three or four refits). So large campaigns use Laplace. Every
 resample is fitted at the full data's l2 (re-choosing l2 per resample would add the prior's
 own noise to the interval) and from zero: ``fit`` takes no starting point, and Newton from
 zero costs only a few more steps than from s*.
 
 The two answer different questions, and differ when the prior is strong. Laplace gives the
 posterior's spread, var = (F + l2 I)^-1 with F the data's curvature; the bootstrap gives the
-spread of the MAP estimate over datasets, about (F + l2 I)^-1 F (F + l2 I)^-1, smaller by
-roughly F / (F + l2) per item. With many judgments per item (F >> l2) they agree (tests); on
-bench/bt_fit.py's noisy campaign, ten judgments per item and l2 ~ 2, bootstrap intervals are
-about 0.7 times as wide. For "where might this item's true score be" the posterior is the
+spread of the MAP estimate over datasets, about (F + l2 I)^-1 F (F + l2 I)^-1: a variance
+smaller by roughly F / (F + l2) per item, a width by its square root. With many judgments
+per item (F >> l2) they agree (tests); on bench/bt_fit.py's noisy campaign, twenty judgments
+per item (a quarter of the annotators flipping 30% of answers) and l2 ~ 2, 20-resample
+bootstrap intervals are about 0.64 times as wide. For "where might this item's true score be" the posterior is the
 honest answer; the bootstrap is what Chatbot Arena-style tables report.
 
 What the intervals are about. The likelihood depends on score differences only; a common
