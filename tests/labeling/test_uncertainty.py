@@ -218,7 +218,7 @@ def test_source_scores_drop_same_source_pairs_and_count_wins() -> None:
         n_sources=3, item_source=item_source, first=first, second=second, outcome=outcome, l2=1.0
     )
     assert result.dropped_same_source == 2
-    # Source 0: won vs 1, tied vs 1, won vs 2 (3 beat... 0 won when outcome 0 for first=3).
+    # Source 0 beat 1 (0 v 2), tied 1 (1 v 2), beat 2 (3 v 0, outcome 0); source 1 beat 2.
     np.testing.assert_allclose(result.judgments, [3.0, 3.0, 2.0])
     np.testing.assert_allclose(result.win_rate, [2.5 / 3, 1.5 / 3, 0.0])
     assert result.scores[0] > result.scores[1] > result.scores[2]
