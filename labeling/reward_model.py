@@ -688,6 +688,46 @@ def train(
     )
 
 
+class _Adam:
+    """Adam (Kingma & Ba 2015, "Adam: A method for stochastic optimization", ICLR,
+    Algorithm 1) with L2 weight decay added to the gradient, as torch.optim.Adam does.
+
+    Written out rather than taken from ``torch.optim`` because the first optimiser a process
+    builds imports torch's compiler stack (seconds of start-up, for every worker process and
+    test run); the update itself is these few lines.
+    """
+
+    def __init__(
+        self,
+        parameters: list[nn.Parameter],
+        *,
+        lr: float,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        self.parameters = parameters
+        self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, betas, eps
+        self.m = [torch.zeros_like(p) for p in parameters]
+        self.v = [torch.zeros_like(p) for p in parameters]
+        self.t = 0
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.t += 1
+        beta1, beta2 = self.betas
+        correction1 = 1.0 - beta1**self.t
+        correction2 = 1.0 - beta2**self.t
+        for p, m, v in zip(self.parameters, self.m, self.v, strict=True):
+            if p.grad is None:
+                continue
+            grad = p.grad if self.weight_decay == 0 else p.grad + self.weight_decay * p
+            m.mul_(beta1).add_(grad, alpha=1.0 - beta1)  # first moment
+            v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)  # second moment
+            denominator = (v / correction2).sqrt_().add_(self.eps)
+            p.addcdiv_(m, denominator, value=-self.lr / correction1)
+
+
 def _fit_member(
     network: nn.Sequential,
     x: torch.Tensor,
@@ -699,8 +739,8 @@ def _fit_member(
 ) -> tuple[nn.Sequential, int, float, float]:
     """Adam with early stopping on the held-out pairs; returns the best weights' network,
     epochs run, and the held-out loss before training and at its best (NaN without a split)."""
-    optimiser = torch.optim.Adam(
-        network.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+    optimiser = _Adam(
+        list(network.parameters()), lr=settings.learning_rate, weight_decay=settings.weight_decay
     )
 
     def validation_loss() -> float:
@@ -717,7 +757,7 @@ def _fit_member(
     for epoch in range(1, settings.max_epochs + 1):
         network.train()
         for batch in _batches(rng.permutation(sample), settings.batch_size):
-            optimiser.zero_grad()
+            network.zero_grad(set_to_none=True)
             _loss(network, x, pairs, batch).backward()
             optimiser.step()
         if not len(val_index):
