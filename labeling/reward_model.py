@@ -190,9 +190,12 @@ def _as_ranges(values: npt.ArrayLike, *, name: str, n_rows: int) -> IntArray:
     array = np.asarray(values)
     if array.ndim != 2 or array.shape[1] != 2:
         raise ValueError(f"{name} must be an (n_pairs, 2) array of [start, stop) row ranges")
-    if array.size and not np.issubdtype(array.dtype, np.integer):
-        if not (np.all(np.isfinite(array)) and np.all(array == np.round(array))):
-            raise ValueError(f"{name} must contain integer row indices")
+    if (
+        array.size
+        and not np.issubdtype(array.dtype, np.integer)
+        and not (np.all(np.isfinite(array)) and np.all(array == np.round(array)))
+    ):
+        raise ValueError(f"{name} must contain integer row indices")
     ranges = array.astype(np.int64)
     bad = (ranges[:, 0] < 0) | (ranges[:, 1] > n_rows) | (ranges[:, 1] <= ranges[:, 0])
     if np.any(bad):
@@ -369,7 +372,9 @@ def _gather(ranges: IntArray) -> tuple[IntArray, IntArray]:
     return ranges[segment, 0] + offsets, segment
 
 
-def _pair_logits(network: nn.Module, x: torch.Tensor, first: IntArray, second: IntArray) -> torch.Tensor:
+def _pair_logits(
+    network: nn.Module, x: torch.Tensor, first: IntArray, second: IntArray
+) -> torch.Tensor:
     """sum r over ``first`` minus sum r over ``second``, one logit per pair."""
     n = len(first)
     rows, segment = _gather(np.concatenate([first, second]))
@@ -407,7 +412,7 @@ def _member_probabilities(model: RewardModel, data: PairData, batch: int = 4096)
 
 def pair_probabilities(model: RewardModel, pairs: PairData) -> FloatArray:
     """The ensemble's P(first > second): the mean of the members' probabilities."""
-    return _member_probabilities(model, pairs).mean(axis=0)
+    return np.asarray(_member_probabilities(model, pairs).mean(axis=0), dtype=np.float64)
 
 
 def pair_disagreement(model: RewardModel, pairs: PairData) -> FloatArray:
@@ -415,7 +420,7 @@ def pair_disagreement(model: RewardModel, pairs: PairData) -> FloatArray:
 
     Labels are not needed: this ranks unlabelled candidate pairs for active selection.
     """
-    return _member_probabilities(model, pairs).std(axis=0)
+    return np.asarray(_member_probabilities(model, pairs).std(axis=0), dtype=np.float64)
 
 
 def predict_rewards(
@@ -512,7 +517,9 @@ def evaluate(model: RewardModel, pairs: PairData) -> Metrics:
     p = members.mean(axis=0)
     y = pairs.label
     decided = y != 0.5
-    accuracy = float(((p[decided] > 0.5) == (y[decided] > 0.5)).mean()) if decided.any() else math.nan
+    accuracy = (
+        float(((p[decided] > 0.5) == (y[decided] > 0.5)).mean()) if decided.any() else math.nan
+    )
     q = np.clip(p, 1e-12, 1.0 - 1e-12)
     log_loss = float(-(y * np.log(q) + (1.0 - y) * np.log1p(-q)).mean())
     return Metrics(
@@ -753,12 +760,13 @@ def _fit_member(
     first = best = validation_loss()
     best_state = copy.deepcopy(network.state_dict())
     stale = 0
-    epoch = 0
-    for epoch in range(1, settings.max_epochs + 1):
+    epochs = 0
+    while epochs < settings.max_epochs:
+        epochs += 1
         network.train()
         for batch in _batches(rng.permutation(sample), settings.batch_size):
             network.zero_grad(set_to_none=True)
-            _loss(network, x, pairs, batch).backward()
+            torch.autograd.backward(_loss(network, x, pairs, batch))
             optimiser.step()
         if not len(val_index):
             continue
@@ -773,7 +781,7 @@ def _fit_member(
     if len(val_index):
         network.load_state_dict(best_state)
     network.eval()
-    return network, epoch, first, best
+    return network, epochs, first, best
 
 
 # --------------------------------------------------------------------------- persistence
@@ -858,7 +866,9 @@ def load(directory: str | os.PathLike[str]) -> RewardModel:
         network = _network(config)
         prefix = f"member{k}."
         state = {
-            name[len(prefix) :]: tensor for name, tensor in tensors.items() if name.startswith(prefix)
+            name[len(prefix) :]: tensor
+            for name, tensor in tensors.items()
+            if name.startswith(prefix)
         }
         network.load_state_dict(state, strict=True)
         network.eval()

@@ -198,9 +198,7 @@ def test_an_interrupted_save_leaves_nothing_and_a_version_is_never_overwritten(
 
 def test_warm_start_begins_at_a_lower_loss_and_stops_no_later(task, trained):
     # A second version trained on the same data with a different split seed.
-    config = rm.TrainConfig(
-        max_epochs=25, batch_size=64, learning_rate=5e-3, patience=5, seed=1
-    )
+    config = rm.TrainConfig(max_epochs=25, batch_size=64, learning_rate=5e-3, patience=5, seed=1)
     cold = rm.train(task["pairs"], hidden_sizes=(16, 16), config=config)
     warm = rm.train(task["pairs"], hidden_sizes=(16, 16), config=config, init=trained.model)
     assert warm.warm_started and not cold.warm_started
@@ -264,9 +262,7 @@ def test_bad_inputs_to_a_trained_model_raise_naming_the_argument(task, trained):
     with pytest.raises(ValueError, match="actions"):
         rm.predict_rewards(trained.model, np.zeros((5, OBS_DIM)), np.zeros((5, ACT_DIM + 1)))
     with pytest.raises(ValueError, match="observations"):
-        rm.predict_rewards(
-            trained.model, np.full((5, OBS_DIM), np.inf), np.zeros((5, ACT_DIM))
-        )
+        rm.predict_rewards(trained.model, np.full((5, OBS_DIM), np.inf), np.zeros((5, ACT_DIM)))
     with pytest.raises(ValueError, match="embeddings"):
         rm.text_pairs(embeddings=np.full((3, 4), np.nan), first=[0], second=[1])
     with pytest.raises(ValueError, match="second"):
@@ -281,3 +277,35 @@ def test_bad_inputs_to_a_trained_model_raise_naming_the_argument(task, trained):
         rm.pair_disagreement(trained.model, wrong_dims)
     with pytest.raises(ValueError, match="members"):
         rm.train(task["pairs"], members=2)
+
+
+def test_the_module_imports_only_numpy_torch_safetensors_and_the_standard_library():
+    import ast
+    import sys
+    from pathlib import Path
+
+    source = Path(rm.__file__).read_text()
+    roots = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            roots |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "no relative imports: the file must work on its own"
+            roots.add((node.module or "").split(".")[0])
+    third_party = roots - set(sys.stdlib_module_names) - {"__future__"}
+    assert third_party == {"numpy", "torch", "safetensors"}
+
+
+def test_the_documented_loading_snippet_runs(trained, tmp_path, monkeypatch):
+    import sys
+
+    snippet = rm.__doc__.split("training script can copy this one\nfile and load an artifact")[1]
+    block = snippet.split("::\n\n", 1)[1].split("\n\nPure numpy")[0]
+    lines = [line[4:] for line in block.splitlines() if line.strip()]
+    assert 6 <= len(lines) <= 12
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "reward_model", rm)  # as if the file were copied
+    rm.save(trained.model, "artifacts/campaign-7/v3")
+    namespace: dict = {}
+    exec("\n".join(lines), namespace)
+    assert namespace["mean"].shape == namespace["std"].shape == (100,)
