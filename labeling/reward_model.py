@@ -801,7 +801,9 @@ def save(model: RewardModel, directory: str | os.PathLike[str]) -> Path:
     Atomic: the files are written and fsynced in a temporary directory in the same parent,
     which is then renamed into place and the parent fsynced. On any error the temporary
     directory is removed, so no partial artifact is left; an existing ``directory`` (an
-    earlier version) raises FileExistsError and is never touched.
+    earlier version) raises FileExistsError and is never touched. Only a process killed
+    outright can leave its staging directory behind; its name starts with a dot
+    (``.<name>.partial-*``), so whatever lists versions should skip dot-names.
     """
     target = Path(directory)
     parent = target.parent
@@ -825,6 +827,9 @@ def save(model: RewardModel, directory: str | os.PathLike[str]) -> Path:
     config["hidden_sizes"] = list(model.config.hidden_sizes)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=parent))
     try:
+        # mkdtemp makes the directory private (0o700); the web app and the workers may run
+        # as different users, and the artifact is read-only data.
+        os.chmod(staging, 0o755)
         save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format_version": "1"})
         with open(staging / CONFIG_FILE, "w", encoding="utf-8") as handle:
             json.dump(config, handle, indent=2, sort_keys=True)
