@@ -3,13 +3,13 @@
 Trajectories. A reward network r(o, a) scores one step (observation o, action a, the two
 concatenated). A segment is a run of consecutive rows of the observation/action arrays, and
 its return is the sum of the per-step rewards. Following Christiano et al. (2017, "Deep
-reinforcement learning from human preferences", NeurIPS, eq. 1) the preference is a
+reinforcement learning from human preferences", NeurIPS, sec. 2.2.3) the preference is a
 Bradley-Terry model over segment returns,
 
     P(s1 > s2) = sigma( sum_{t in s1} r(o_t, a_t) - sum_{t in s2} r(o_t, a_t) ),
 
 and the networks minimise the cross-entropy against the label y = P(s1 > s2) that the
-judgments give (their eq. 2):
+judgments give:
 
     loss = - [ y log P(s1 > s2) + (1 - y) log P(s2 > s1) ].
 
@@ -28,11 +28,10 @@ generalises to texts nobody compared.
 Ensembles. Each model is an ensemble of ``members`` (>= 3) networks, each with its own
 initialisation and its own bootstrap resample of the training pairs, as in Christiano et
 al. (sec. 2.2.3) and Lee et al. (2021, "PEBBLE: Feedback-efficient interactive
-reinforcement learning via relabeling experience and unsupervised pre-training", ICML,
-sec. 4.1). The ensemble's prediction is the mean of the members' probabilities; the
-standard deviation of those probabilities (:func:`pair_disagreement`) is the uncertainty
-that disagreement-based active selection of the next pairs ranks by (Christiano et al.
-sec. 2.2.4; PEBBLE's "disagreement" sampling). The entropy of the mean prediction is PEBBLE's
+reinforcement learning via relabeling experience and unsupervised pre-training", ICML).
+The ensemble's prediction is the mean of the members' probabilities; the standard
+deviation of those probabilities (:func:`pair_disagreement`) is the uncertainty that
+disagreement-based active selection of the next pairs ranks by (Christiano et al. sec. 2.2.4; PEBBLE's "disagreement" sampling). The entropy of the mean prediction is PEBBLE's
 "entropy" criterion.
 
 Training. Adam (Kingma & Ba 2015) on minibatches of pairs; a held-out share of the pairs
