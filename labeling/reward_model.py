@@ -31,8 +31,9 @@ al. (sec. 2.2.3) and Lee et al. (2021, "PEBBLE: Feedback-efficient interactive
 reinforcement learning via relabeling experience and unsupervised pre-training", ICML).
 The ensemble's prediction is the mean of the members' probabilities; the standard
 deviation of those probabilities (:func:`pair_disagreement`) is the uncertainty that
-disagreement-based active selection of the next pairs ranks by (Christiano et al. sec. 2.2.4; PEBBLE's "disagreement" sampling). The entropy of the mean prediction is PEBBLE's
-"entropy" criterion.
+disagreement-based active selection of the next pairs ranks by (Christiano et al.
+sec. 2.2.4; PEBBLE's "disagreement" sampling). The entropy of the mean prediction is
+PEBBLE's "entropy" criterion.
 
 Training. Adam (Kingma & Ba 2015) on minibatches of pairs; a held-out share of the pairs
 (``validation_fraction``) is never trained on, and each member keeps the weights of its
