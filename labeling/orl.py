@@ -302,48 +302,70 @@ def closed_form(*, pairs: Pairs, fill: float = 0.0) -> Labels:
 
 
 class _Objective:
-    """-L / (mean weight) + l2/2 ||x||^2 / (mean weight) and its gradient over the covered
-    rows only (compact indexing: a segment's rows are all covered, so it is a contiguous
-    range of the compact vector too)."""
+    """-L / (mean weight) + l2/2 ||r||^2 / (mean weight) and its gradient, over one variable
+    per *piece*: the covered rows are cut at every segment start and end, so the rows of a
+    piece lie in exactly the same segments (at most 4 x pairs pieces). The gradient dL/dr_t
+    depends on t only through the segments containing t, so it is constant on a piece; for
+    any labels, replacing each piece by its mean keeps every segment sum and the box. The
+    optimum over piece-constant labels is therefore a global one, and from a piece-constant
+    start (the closed form is one) L-BFGS-B over rows would stay piece-constant anyway.
+    The variable of piece j is u_j = sqrt(n_j) v_j (n_j rows of value v_j), which keeps the
+    geometry of the per-row problem: ||u|| = ||r|| and bounds +-sqrt(n_j)."""
 
     def __init__(self, pairs: Pairs, covered: BoolArray, *, l2: float) -> None:
         before = np.concatenate(([0], np.cumsum(covered)))  # covered rows before row t
-        self.size = int(before[-1])
-        self.a1 = before[pairs.start_1]
-        self.a2 = before[pairs.start_2]
-        self.b1 = self.a1 + pairs.length_1
-        self.b2 = self.a2 + pairs.length_2
+        # A segment's rows are all covered, so in the compact numbering of covered rows it
+        # is still one contiguous range.
+        ends = [
+            before[pairs.start_1],
+            before[pairs.start_1] + pairs.length_1,
+            before[pairs.start_2],
+            before[pairs.start_2] + pairs.length_2,
+        ]
+        cuts = np.unique(np.concatenate([np.array([0, int(before[-1])]), *ends]))
+        self.piece_rows = np.diff(cuts)
+        self.size = int(self.piece_rows.size)
+        self.a1, self.b1, self.a2, self.b2 = (np.searchsorted(cuts, e) for e in ends)
+        self.root = np.sqrt(self.piece_rows.astype(np.float64))
         self.scale = float(pairs.weight.mean()) if pairs.n_pairs else 1.0
         self.w = pairs.weight / self.scale
         self.wy = self.w * pairs.y
         self.w1y = self.w * (1.0 - pairs.y)
         self.l2 = l2 / self.scale
-        self.evaluations = 0
 
-    def gaps(self, x: FloatArray) -> FloatArray:
-        prefix = np.concatenate(([0.0], np.cumsum(x)))
+    def to_rows(self, u: FloatArray) -> FloatArray:
+        """Per-row values (covered rows, in order) from the piece variables."""
+        return np.repeat(u / self.root, self.piece_rows)
+
+    def from_rows(self, rows: FloatArray) -> FloatArray:
+        """Piece variables from piece-constant per-row values (first row of each piece)."""
+        first = np.concatenate(([0], np.cumsum(self.piece_rows)[:-1]))
+        return np.asarray(rows[first] * self.root, dtype=np.float64)
+
+    def gaps(self, u: FloatArray) -> FloatArray:
+        prefix = np.concatenate(([0.0], np.cumsum(u * self.root)))
         d: FloatArray = (prefix[self.b1] - prefix[self.a1]) - (prefix[self.b2] - prefix[self.a2])
         return d
 
-    def value(self, x: FloatArray) -> float:
+    def value(self, u: FloatArray) -> float:
         """-L (scaled), without the gradient."""
-        d = self.gaps(x)
+        d = self.gaps(u)
         log_lik = float(np.dot(self.wy, log_expit(d)) + np.dot(self.w1y, log_expit(-d)))
-        return -log_lik + 0.5 * self.l2 * float(np.dot(x, x))
+        return -log_lik + 0.5 * self.l2 * float(np.dot(u, u))
 
-    def __call__(self, x: FloatArray) -> tuple[float, FloatArray]:
-        self.evaluations += 1
-        d = self.gaps(x)
+    def __call__(self, u: FloatArray) -> tuple[float, FloatArray]:
+        d = self.gaps(u)
         log_lik = float(np.dot(self.wy, log_expit(d)) + np.dot(self.w1y, log_expit(-d)))
         # y sigma(-d) - (1 - y) sigma(d), each factor computed directly: the difference
         # y - sigma(d) would be rounding noise once sigma(d) -> 1 (see bradley_terry.py).
         g = self.wy * expit(-d) - self.w1y * expit(d)
-        grad = -_scatter(
+        per_row = _scatter(
             size=self.size, pairs_starts=(self.a1, self.a2), pairs_ends=(self.b1, self.b2), value=g
         )
+        grad = -per_row * self.root
         if self.l2:
-            grad += self.l2 * x
-        return -log_lik + 0.5 * self.l2 * float(np.dot(x, x)), grad
+            grad += self.l2 * u
+        return -log_lik + 0.5 * self.l2 * float(np.dot(u, u)), grad
 
 
 def log_likelihood(*, rewards: ArrayLike, pairs: Pairs) -> float:
@@ -388,7 +410,7 @@ def exact(
             iterations=0,
             converged=True,
         )
-    start = start_full[covered]
+    start = f.from_rows(start_full[covered])
 
     # Scale of the closed form along the ray: the closed form's gaps are (2y - 1) times the
     # segment lengths, far beyond logit(y) for long segments and soft labels.
@@ -408,7 +430,7 @@ def exact(
     if fun > f0:  # never return worse than the start (L-BFGS-B only accepts descent steps)
         x, fun = x0, f0
     values = np.zeros(pairs.n_transitions, dtype=np.float64)
-    values[covered] = x
+    values[covered] = f.to_rows(x)
     return _labels(
         pairs,
         values,
@@ -424,7 +446,7 @@ def exact(
 def _lbfgsb(
     f: _Objective, x0: FloatArray, *, gtol: float, ftol: float, max_iter: int
 ) -> tuple[FloatArray, float, int, bool]:
-    bounds = Bounds(np.full(f.size, -REWARD_BOUND), np.full(f.size, REWARD_BOUND))
+    bounds = Bounds(-REWARD_BOUND * f.root, REWARD_BOUND * f.root)
     result = minimize(
         f,
         x0,
@@ -439,5 +461,7 @@ def _lbfgsb(
             "maxcor": _LBFGS_MEMORY,
         },
     )
-    x = np.clip(np.asarray(result.x, dtype=np.float64), -REWARD_BOUND, REWARD_BOUND)
+    x = np.clip(
+        np.asarray(result.x, dtype=np.float64), -REWARD_BOUND * f.root, REWARD_BOUND * f.root
+    )
     return x, float(result.fun), int(result.nit), bool(result.success)
