@@ -173,6 +173,9 @@ def test_exact_chain_of_shared_segments_is_ordered():
     r = labels.rewards.astype(np.float64)
     a, b, c = r[0:4].sum(), r[4:8].sum(), r[8:12].sum()
     assert a > b > c
+    # Each segment is one piece (rows in the same segments), so its labels are equal.
+    for rows in (r[0:4], r[4:8], r[8:12]):
+        np.testing.assert_allclose(rows, rows[0], atol=1e-6)
     np.testing.assert_allclose([a - b, b - c], [logit(0.8)] * 2, atol=2e-3)
     assert r[12] == r[13] == 5.0 and labels.coverage == pytest.approx(12 / 14)
 
