@@ -44,8 +44,8 @@ every segment start and end (at most 4 x pairs pieces), whose rows lie in exactl
 segments. dL/dr_t is the same for every row of a piece, and averaging labels over a piece
 keeps every segment sum and the box, so the best piece-constant labels are optimal among
 all labels: the returned labels are constant on each piece. That also shrinks the problem
-(327k pieces for 990k covered rows and 100k pairs of 50 steps in docs/benchmarks.md). Inside the optimal set,
-the result still depends on the start: L-BFGS's steps are combinations of the gradients
+(327k pieces for 990k covered rows and 100k pairs of 50 steps in docs/benchmarks.md).
+Inside the optimal set, the result still depends on the start: L-BFGS's steps are combinations of the gradients
 (sums of segment indicators) and the start, so away from the bounds the result is the start
 plus such a combination. The start is the closed form (itself piece-constant) scaled by the
 c in [0, 1] that maximises L along the ray c * closed form (a bounded one-dimensional
