@@ -37,32 +37,33 @@ are variables; uncovered ones enter no segment sum and are set to ``fill``.
 
 What is and is not determined. Only segment sums enter L, so per-step values are not unique:
 any change that keeps every segment sum fixed keeps L. For disjoint segments the optimum gap
-is S1 - S2 = logit(y), clipped to the box, |S1 - S2| <= length_1 + length_2 (a hard label,
-y in {0, 1}, has no finite optimum inside the box and is pushed to the bound). Which point
-of the optimal set is returned is fixed by solving over *pieces*: the covered rows cut at
-every segment start and end (at most 4 x pairs pieces), whose rows lie in exactly the same
+is S1 - S2 = logit(y), clipped to the box, |S1 - S2| <= length_1 + length_2 (a hard label, y
+in {0, 1}, has no finite optimum inside the box and is pushed to the bound). Which point of
+the optimal set is returned is fixed by solving over *pieces*: the covered rows cut at every
+segment start and end (at most 4 x pairs pieces), whose rows lie in exactly the same
 segments. dL/dr_t is the same for every row of a piece, and averaging labels over a piece
-keeps every segment sum and the box, so the best piece-constant labels are optimal among
-all labels: the returned labels are constant on each piece. That also shrinks the problem
-(327k pieces for 990k covered rows and 100k pairs of 50 steps in docs/benchmarks.md).
-Inside the optimal set, the result still depends on the start: L-BFGS's steps are combinations of the gradients
-(sums of segment indicators) and the start, so away from the bounds the result is the start
-plus such a combination. The start is the closed form (itself piece-constant) scaled by the
-c in [0, 1] that maximises L along the ray c * closed form (a bounded one-dimensional
-search; c = 0 and c = 1 are checked explicitly), so the result's objective is never below
-that of the closed form or of all-zero rewards. An optional ``l2`` adds -l2/2 ||r||^2 to L,
-which makes the maximiser unique (the smallest-norm labels with the best likelihood); it
-must stay tiny (default 0: off), since for a hard label it stops the gap where
-w sigma(-d) = l2 r, about -log(l2), instead of at the box.
+keeps every segment sum and the box, so the best piece-constant labels are optimal among all
+labels: the returned labels are constant on each piece. That also shrinks the problem (327k
+pieces for 990k covered rows and 100k pairs of 50 steps in docs/benchmarks.md). Inside the
+optimal set, the result still depends on the start: L-BFGS's steps are combinations of the
+gradients (sums of segment indicators) and the start, so away from the bounds the result is
+the start plus such a combination. The start is the closed form (itself piece-constant)
+scaled by the c in [0, 1] that maximises L along the ray c * closed form (a bounded
+one-dimensional search; c = 0 and c = 1 are checked explicitly), so the result's objective
+is never below that of the closed form or of all-zero rewards. An optional ``l2`` adds -l2/2
+||r||^2 to L, which makes the maximiser unique (the smallest-norm labels with the best
+likelihood); it must stay tiny (default 0: off), since for a hard label it stops the gap
+where w sigma(-d) = l2 r, about -log(l2), instead of at the box.
 
 Solver. scipy's L-BFGS-B with the box as bounds and the analytic gradient. Internally the
 weights are rescaled to mean 1 (the optimum does not change; the tolerances then mean the
 same for any judgment counts): stop when the largest projected gradient entry (with respect
 to the piece variables u_j = sqrt(n_j) v_j of a piece of n_j rows at value v_j, which keep
-the per-row geometry: ||u|| = ||r||) is below ``gtol`` (default 1e-6) or the relative decrease of -L per iteration is below ``ftol``
-(default 1e-12), or after ``max_iter`` iterations (default 2000). ``converged`` says
-whether one of the tolerances, not the cap, stopped it. The reported objective is L itself
-(original weights, l2 term included when l2 > 0).
+the per-row geometry: ||u|| = ||r||) is below ``gtol`` (default 1e-6) or the relative
+decrease of -L per iteration is below ``ftol`` (default 1e-12), or after ``max_iter``
+iterations (default 2000). ``converged`` says whether one of the tolerances, not the cap,
+stopped it. The reported objective is L itself (original weights, l2 term included when l2 >
+0).
 
 Pure numpy/scipy; no Django imports, so it can be used from workers, scripts and tests.
 """
