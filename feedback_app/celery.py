@@ -19,6 +19,8 @@ app.conf.task_routes = {
     task_names.AGGREGATION_SWEEP: {"queue": Queue.LABELS.value},
     task_names.BUILD_EXPORT_SNAPSHOT: {"queue": Queue.EXPORTS.value},
     task_names.EXPORT_SNAPSHOT_SWEEP: {"queue": Queue.DEFAULT.value},
+    task_names.REWARD_LABELS: {"queue": Queue.LABELS.value},
+    task_names.REWARD_LABELS_SWEEP: {"queue": Queue.LABELS.value},
     annotation_tasks.RENDER_CLIPS: {"queue": Queue.MEDIA.value},
     annotation_tasks.CLIPS_SWEEP: {"queue": Queue.DEFAULT.value},
     annotation_tasks.DATASETS_SWEEP: {

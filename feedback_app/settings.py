@@ -165,6 +165,13 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 60.0,
         "options": {"expires": 55},
     },
+    # Ask again for reward labels behind their campaign's applied aggregation run (a lost
+    # task, a killed worker): labeling/services/reward_labels.py.
+    "reward-labels-sweep": {
+        "task": task_names.REWARD_LABELS_SWEEP,
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
     # Remove the staging folders and upload files a killed import left under DATASETS_ROOT
     # (annotation/services/datasets.py), untouched for an hour.
     "datasets-sweep": {

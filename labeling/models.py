@@ -2,6 +2,7 @@
 
 from django.conf import settings
 from django.db import models
+from django.db.models.functions import Now
 
 from annotation.models import Campaign, Criterion, Item, Pair
 
@@ -150,3 +151,55 @@ class ExportSnapshot(models.Model):
 
     def __str__(self) -> str:
         return f"export {self.pk} of campaign {self.campaign_id} ({self.status})"
+
+
+def labeling_upload_to(instance: "RewardLabeling", filename: str) -> str:  # noqa: UP037
+    return f"labels/{instance.campaign_id}/{instance.pk}-{instance.method}.npy"
+
+
+class RewardLabeling(models.Model):
+    """One version of the per-transition reward labels of a trajectory campaign's dataset,
+    computed from its pairs' soft labels by optimal reward labeling (labeling/orl.py): which
+    method, on how many judgments and pairs, how much of the dataset it covers, when. The
+    labels are a float32 ``.npy`` with one value per row of the imported dataset, in its
+    order (uncovered rows 0, `covered` saying which): nothing is overwritten, a newer row is
+    a newer version."""
+
+    class Method(models.TextChoices):
+        CLOSED_FORM = "orl", "closed form (±(2y-1) per step, averaged)"
+        EXACT = "orl-exact", "exact (Bradley-Terry likelihood over rewards in [-1, 1])"
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="labelings")
+    criterion = models.ForeignKey(Criterion, on_delete=models.CASCADE, related_name="+")
+    method = models.CharField(max_length=12, choices=Method.choices)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
+    error = models.TextField(blank=True)
+    # What it was computed from: the aggregation run whose pair labels it read.
+    aggregation_seq = models.PositiveIntegerField(default=0)
+    judgments_used = models.PositiveIntegerField(default=0)
+    pairs_used = models.PositiveIntegerField(default=0)
+    transitions = models.PositiveBigIntegerField(default=0)
+    covered = models.PositiveBigIntegerField(default=0)
+    objective = models.FloatField(null=True, blank=True)
+    iterations = models.PositiveIntegerField(null=True, blank=True)
+    converged = models.BooleanField(null=True, blank=True)
+    seconds = models.FloatField(null=True, blank=True)
+    file = models.FileField(upload_to=labeling_upload_to, blank=True, max_length=200)
+    created_at = models.DateTimeField(db_default=Now())
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["campaign", "method", "-id"], name="labeling_latest")]
+
+    def __str__(self) -> str:
+        return f"{self.method} labels {self.pk} of campaign {self.campaign_id} ({self.status})"
+
+    @property
+    def coverage(self) -> float:
+        return self.covered / self.transitions if self.transitions else 0.0

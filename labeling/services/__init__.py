@@ -1,4 +1,5 @@
-"""Writes of the labeling app, by concern: aggregation runs and export snapshots."""
+"""Writes of the labeling app, by concern: aggregation runs, export snapshots and reward
+labels."""
 
 from .aggregation import (
     aggregation_failed,

@@ -490,6 +490,13 @@ def _run_holding_lock(*, campaign_id: int, only_if_owed: bool) -> RunOutcome:
         written,
         extra={"aggregation": timing},
     )
+    if campaign.kind == Campaign.Kind.TRAJECTORY and campaign.source:
+        # Reward labels follow the scores (labeling/services/reward_labels.py); a lost
+        # message is found by its sweep.
+        try:
+            celery_app.send_task(task_names.REWARD_LABELS, args=(campaign_id,))
+        except Exception:
+            log.exception("could not ask for the reward labels of campaign %s", campaign_id)
     return RunOutcome.APPLIED
 
 
