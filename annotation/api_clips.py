@@ -4,40 +4,21 @@ failed (or chosen) clips to be rendered again. Managers and owners only
 
 from __future__ import annotations
 
-from typing import Any
-
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from . import selectors
-from .api import READ_ERRORS, WRITE_ERRORS, ManagerView
+from .api import READ_ERRORS, WRITE_ERRORS, ManagerView, _int_param
+from .api import _responses as _errors
 from .errors import ServiceError
-from .serializers import ErrorSerializer
 from .services import clips as clip_services
 
 FAILED_LIMIT = 100
 FAILED_MAX = 1000
 RERENDER_MAX_IDS = 10_000
 _ID_MAX = 2**63 - 1
-
-
-def _int_param(request: Request, name: str, default: int, *, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ServiceError(f"{name} must be an integer.", field=name) from None
-    if not low <= value <= high:
-        raise ServiceError(f"{name} must be between {low} and {high}.", field=name)
-    return value
-
-
-def _errors(ok: dict[Any, Any], errors: tuple[int, ...]) -> dict[Any, Any]:
-    return {**ok, **{code: ErrorSerializer for code in errors}}
 
 
 _FAILED_ITEMS = inline_serializer(

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import api, api_clips, api_datasets
+from . import api, api_clips, api_datasets, api_reward_labels
 
 urlpatterns = [
     path(
@@ -15,6 +15,16 @@ urlpatterns = [
         name="export-snapshot-download",
     ),
     path("campaigns/", api.CampaignListView.as_view(), name="campaign-list"),
+    path(
+        "campaigns/<slug:slug>/reward-labels/",
+        api_reward_labels.RewardLabelsView.as_view(),
+        name="campaign-reward-labels",
+    ),
+    path(
+        "campaigns/<slug:slug>/reward-labels/<int:labeling_id>/download",
+        api_reward_labels.RewardLabelsDownloadView.as_view(),
+        name="campaign-reward-labels-download",
+    ),
     path("datasets/", api_datasets.DatasetListView.as_view(), name="dataset-list"),
     path(
         "datasets/<int:dataset_id>/",

@@ -10,7 +10,7 @@ from django.db.models import Model, QuerySet
 
 from annotation.models import Campaign, Criterion, Item, Pair
 
-from .models import AggregationState, ExportSnapshot, ItemScore, PairLabel
+from .models import AggregationState, ExportSnapshot, ItemScore, PairLabel, RewardLabeling
 
 
 @dataclass(frozen=True)
@@ -108,3 +108,38 @@ def aggregation_state(*, campaign: Campaign) -> AggregationState | None:
 
 def export_snapshot_for(*, snapshot_id: int) -> ExportSnapshot | None:
     return ExportSnapshot.objects.select_related("campaign").filter(pk=snapshot_id).first()
+
+
+def reward_labelings(*, campaign: Campaign) -> list[dict[str, Any]]:
+    """The campaign's reward-label versions, newest first (labeling/services/reward_labels.py)."""
+    rows: list[dict[str, Any]] = [
+        dict(row)
+        for row in RewardLabeling.objects.filter(campaign=campaign)
+        .order_by("-id")
+        .values(
+            "id",
+            "method",
+            "status",
+            "error",
+            "aggregation_seq",
+            "judgments_used",
+            "pairs_used",
+            "transitions",
+            "covered",
+            "objective",
+            "iterations",
+            "converged",
+            "seconds",
+            "created_at",
+            "finished_at",
+            "criterion__slug",
+        )
+    ]
+    for row in rows:
+        row["criterion"] = row.pop("criterion__slug")
+        row["coverage"] = row["covered"] / row["transitions"] if row["transitions"] else 0.0
+    return rows
+
+
+def reward_labeling(*, campaign: Campaign, labeling_id: int) -> RewardLabeling | None:
+    return RewardLabeling.objects.filter(campaign=campaign, pk=labeling_id).first()

@@ -4,12 +4,14 @@ recorded and found again by the sweep; end to end through a real worker."""
 
 from __future__ import annotations
 
+import io
 import time
 
 import numpy as np
 import pytest
 from celery.contrib.testing.worker import start_worker
 from django.core.files.storage import default_storage
+from rest_framework.test import APIClient
 
 from annotation import services
 from annotation.models import Campaign, ClipStatus, Item, Pair
@@ -101,6 +103,22 @@ def test_closed_form_and_exact_labels_follow_the_judged_segments(tmp_path, monke
     assert reward_labels.reward_labeling_run(campaign_id=campaign.pk, method="orl") is None
     assert RewardLabeling.objects.filter(campaign=campaign).count() == 2
     assert reward_labels.reward_labels_owed() == []
+
+    # Staff read the versions and download the labels as .npy; annotators may not.
+    api = APIClient()
+    api.force_authenticate(UserFactory(is_staff=True, is_superuser=True))
+    listed = api.get("/api/v1/campaigns/c/reward-labels/").json()["results"]
+    assert [row["method"] for row in listed] == ["orl-exact", "orl"]
+    assert listed[1]["coverage"] == pytest.approx(covered.mean())
+    assert listed[1]["judgments_used"] == 18 and listed[1]["criterion"] == "overall"
+    download = api.get(listed[1]["download"])
+    assert download.status_code == 200
+    body = b"".join(download.streaming_content)
+    assert np.array_equal(np.load(io.BytesIO(body)), values)
+    annotator = campaign.members.first()
+    api.force_authenticate(annotator)
+    assert api.get("/api/v1/campaigns/c/reward-labels/").status_code == 403
+    assert api.get(listed[1]["download"]).status_code == 403
 
 
 @pytest.mark.django_db(transaction=True)
