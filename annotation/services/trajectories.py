@@ -16,10 +16,11 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
 from .. import segments
-from ..errors import NotFound, ServiceError, shown
+from ..errors import NotFound, ServiceError, shown, text_check
 from ..models import Campaign, ClipStatus, Dataset, Episode, Item, Pair, pairs_prepare
 from .campaigns import campaign_create
 from .clips import clips_request
+from .datasets import NAME_MAX
 
 SEGMENT_LENGTH_MAX = 10_000
 PAIRS_MAX = 200_000
@@ -53,6 +54,11 @@ class TrajectorySource:
         name = raw.get("dataset")
         if not isinstance(name, str) or not name.strip():
             raise ServiceError("source.dataset must name a dataset.", field="source.dataset")
+        if len(name) > NAME_MAX:
+            raise ServiceError(
+                f"source.dataset is over {NAME_MAX} characters.", field="source.dataset"
+            )
+        text_check(name, field="source.dataset")  # NUL, lone surrogates: refused, not looked up
         sampling = raw.get("sampling", "random")
         if sampling not in segments.SAMPLINGS:
             raise ServiceError(

@@ -2,12 +2,14 @@
 pair maps back to exact source rows, bad options are refused with nothing stored, and no
 pair is served before both of its clips are ready (annotation/services/trajectories.py)."""
 
+import json
+
 import numpy as np
 import pytest
 from django.core.management import CommandError, call_command
 
 from annotation import dataset_io, services
-from annotation.errors import ClipsPending
+from annotation.errors import ClipsPending, ServiceError
 from annotation.models import Campaign, ClipStatus, Dataset, Episode, Item, Pair
 from tests.annotation.test_datasets import write_npz
 from tests.factories import UserFactory
@@ -296,3 +298,18 @@ def test_the_compare_page_waits_for_clips_instead_of_saying_nothing_is_left(
     mark_ready(Item.objects.filter(campaign=campaign))
     page = client.get("/c/swing/")
     assert page.status_code == 200 and page.content.count(b'<video class="clip"') == 2
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name", ["swing\x00", "x" * 1_000_000, "\ud800"])
+def test_hostile_dataset_names_are_refused_naming_the_field(api, staff, dataset, name):
+    api.force_authenticate(staff)
+    body = {"name": "S", "slug": "s", "kind": "trajectory", "source": {**SOURCE, "dataset": name}}
+    # As a client sends it: JSON escapes a lone surrogate as \ud800.
+    response = api.post("/api/v1/campaigns/", json.dumps(body), content_type="application/json")
+    assert response.status_code in (400, 404), response.content[:300]
+    assert "source" in response.json().get("field", "source")
+    with pytest.raises(ServiceError) as refused:
+        services.trajectory_cut(source=services.TrajectorySource.parse({**SOURCE, "dataset": name}))
+    assert refused.value.field == "source.dataset"
+    assert not Campaign.objects.exists()
