@@ -94,24 +94,17 @@ def reward_labeling_run(*, campaign_id: int, method: str) -> RewardLabeling | No
     dataset, criterion, arrays, seq, used = _inputs(campaign)
     if not len(arrays["y"]):
         return None
-    latest = (
-        RewardLabeling.objects.filter(
-            campaign=campaign, method=method, status=RewardLabeling.Status.DONE
-        )
-        .order_by("-id")
-        .first()
-    )
-    if latest is not None and latest.aggregation_seq == seq and seq:
-        return None
-    labeling = RewardLabeling.objects.create(
+    labeling = _claim(
         campaign=campaign,
         criterion=criterion,
         method=method,
-        aggregation_seq=seq,
+        seq=seq,
         judgments_used=used,
         pairs_used=len(arrays["y"]),
         transitions=dataset.transition_count,
     )
+    if labeling is None:
+        return None
     try:
         pairs = orl.pairs_from_arrays(n_transitions=dataset.transition_count, **arrays)
         if method == RewardLabeling.Method.EXACT:
@@ -143,6 +136,24 @@ def reward_labeling_run(*, campaign_id: int, method: str) -> RewardLabeling | No
         raise
     labeling.refresh_from_db()
     return labeling
+
+
+def _claim(*, campaign: Campaign, method: str, seq: int, **fields: Any) -> RewardLabeling | None:
+    """The new labeling's row, or None when this run is not owed: the latest done labeling
+    by `method` read aggregation run `seq` already, or a live run (started within
+    STALE_AFTER) is computing it. Decided under the campaign's AggregationState row lock,
+    with what it reads re-read after the lock: two deliveries of one task never both run."""
+    with transaction.atomic():
+        AggregationState.objects.select_for_update().filter(campaign=campaign).first()
+        mine = RewardLabeling.objects.filter(campaign=campaign, method=method, aggregation_seq=seq)
+        if seq and mine.filter(status=RewardLabeling.Status.DONE).exists():
+            return None
+        live = mine.filter(status=RewardLabeling.Status.RUNNING, created_at__gt=Now() - STALE_AFTER)
+        if live.exists():
+            return None
+        return RewardLabeling.objects.create(
+            campaign=campaign, method=method, aggregation_seq=seq, **fields
+        )
 
 
 def reward_labels_latest(*, campaign: Campaign, method: str) -> RewardLabeling | None:

@@ -160,3 +160,32 @@ def test_labels_follow_aggregation_on_the_workers_with_no_one_asking(worker, tmp
             break
         time.sleep(0.2)
     assert done == {"orl", "orl-exact"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_second_delivery_while_one_run_is_live_does_nothing_a_dead_one_is_redone(
+    tmp_path, monkeypatch
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from labeling.models import AggregationState
+
+    monkeypatch.setattr(app, "send_task", lambda *a, **k: None)
+    campaign = campaign_with_judgments(tmp_path)
+    aggregation.aggregation_run(campaign_id=campaign.pk)
+    seq = AggregationState.objects.get(campaign=campaign).applied_seq
+    live = RewardLabeling.objects.create(
+        campaign=campaign, criterion=campaign.criteria.get(), method="orl", aggregation_seq=seq
+    )
+    # Another delivery of the same task while that run is computing: no second version.
+    assert reward_labels.reward_labeling_run(campaign_id=campaign.pk, method="orl") is None
+    assert RewardLabeling.objects.filter(campaign=campaign).count() == 1
+    # The run's worker died long ago: the labels are owed again, and computed.
+    RewardLabeling.objects.filter(pk=live.pk).update(
+        created_at=timezone.now() - reward_labels.STALE_AFTER - timedelta(minutes=1)
+    )
+    assert reward_labels.reward_labels_owed() == [campaign.pk]
+    done = reward_labels.reward_labeling_run(campaign_id=campaign.pk, method="orl")
+    assert done is not None and done.status == "done"
